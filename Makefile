@@ -1,0 +1,30 @@
+# Set-up is part of every target: a fresh machine needs nothing but python3.
+# torch is pinned to 2.13.0 here (the CPU build on these machines; any other spelling pulls CUDA wheels);
+# the package metadata accepts a range.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: setup main test test-slow lint
+setup: $(STAMP)
+
+main: $(STAMP)
+	$(BIN)/glocal summary
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks

@@ -1,0 +1,1 @@
+"""Measurements of models: complexity (parameters, counted MACs) and attention."""

@@ -1,0 +1,43 @@
+"""The ``glocal`` command line: one module per subcommand, each parsing into plain arguments of library calls."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from glocal.cli import info, summary
+from glocal.cli import list as list_cmd
+
+__all__ = ["main"]
+
+_COMMANDS = {"list": list_cmd, "info": info, "summary": summary}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glocal",
+        description="Vision backbones joining local and global attention: ResNet (SE/GC/NL/SNL), BoTNet, Twins, "
+        "VOLO, ViT and T2T-ViT, with their papers' figures.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in _COMMANDS.items():
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return args.run(args) or 0
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"glocal {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

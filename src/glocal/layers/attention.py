@@ -1,0 +1,114 @@
+"""The attention core shared by every model, and the standard multi-head attention module.
+
+:func:`attend` is the only place where a softmax over positions is taken. It computes
+``softmax(q k^T * scale + bias) v`` with the fused ``scaled_dot_product_attention`` kernel by default and with an
+explicit path (same numbers up to float rounding) that routes the softmax through an :class:`AttentionProbe` when an
+analysis observes it. :func:`attend_logits` is the same core for attention whose logits are not a dot product (the
+query-independent pooling of GC and SNL blocks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glocal.layers.probe import AttentionProbe, is_observed
+
+__all__ = ["attend", "attend_logits", "MultiHeadAttention"]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    probe: AttentionProbe | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Scaled dot-product attention.
+
+    q: (B, heads, Nq, d); k: (B, heads, Nk, d); v: (B, heads, Nk, dv); bias: additive logits broadcastable to
+    (B, heads, Nq, Nk) (float; ``-inf`` masks a key). ``scale`` defaults to ``d ** -0.5``. Returns (B, heads, Nq, dv).
+    Softmax runs in float32 on the explicit path whatever the input dtype, as the fused kernels do.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if not is_observed(probe):
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
+    if bias is not None:
+        logits = logits + bias
+    return _softmax_probe_matmul(logits, v, probe, dropout_p)
+
+
+def attend_logits(
+    logits: torch.Tensor, v: torch.Tensor, *, probe: AttentionProbe | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Attention from precomputed logits: softmax(logits) @ v, the map passing through ``probe``.
+
+    logits: (B, heads, Nq, Nk); v: (B, heads, Nk, dv). Returns (B, heads, Nq, dv).
+    """
+    return _softmax_probe_matmul(logits, v, probe, dropout_p)
+
+
+def _softmax_probe_matmul(
+    logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float
+) -> torch.Tensor:
+    attn = logits.float().softmax(dim=-1).to(v.dtype)
+    if probe is not None:
+        attn = probe(attn)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention over tokens (B, N, C) -> (B, N, C), with a fused qkv projection.
+
+    The one implementation of standard multi-head attention in glocal: ViT, T2T-ViT's encoder, VOLO's transformer
+    blocks and Twins' windowed attention build on it. ``attn_drop`` is the dropout on the attention map, ``proj_drop``
+    after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.probe = AttentionProbe()
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        x = attend(
+            q,
+            k,
+            v,
+            probe=self.probe,
+            bias=bias,
+            scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,154 @@
+"""The model contract, checked on every registered model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import glocal
+from glocal.analysis.complexity import count_macs, count_params
+from glocal.registry import get_entry
+from tests.conftest import build, perturb_, small_size
+
+
+def test_forward_shape_and_finite(model_name):
+    model = build(model_name, num_classes=7).eval()
+    h, w = small_size(model)
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, h, w))
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
+
+
+def test_train_and_eval_return_same_type(model_name):
+    model = build(model_name, num_classes=5)
+    x = torch.randn(2, 3, *small_size(model))
+    y_train = model.train()(x)
+    with torch.no_grad():
+        y_eval = model.eval()(x)
+    assert isinstance(y_train, torch.Tensor) and y_train.shape == y_eval.shape == (2, 5)
+
+
+def test_every_parameter_gets_a_gradient(model_name):
+    model = perturb_(build(model_name, num_classes=4)).train()
+    x = torch.randn(2, 3, *small_size(model))
+    model(x).square().sum().backward()
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.grad is None]
+    assert not missing, f"parameters outside the graph: {missing}"
+    # A bias added to softmax logits has an analytically zero gradient (softmax is shift-invariant): the official
+    # GC/SNL attention-pooling conv carries one. Every other parameter must receive a non-zero gradient.
+    zero = [n for n, p in params.items() if not p.grad.abs().sum() > 0 and not n.endswith("attn_pool.bias")]
+    assert not zero, f"parameters with an all-zero gradient: {zero}"
+
+
+def test_parameter_count_matches_paper_and_pin(model_name):
+    entry = get_entry(model_name)
+    with torch.device("meta"):
+        model = glocal.create_model(model_name)
+    n = count_params(model)
+    if entry.paper.exact_params:
+        assert n == entry.paper.params
+    else:
+        assert abs(n - entry.paper.params) / entry.paper.params <= entry.paper.params_tolerance
+    assert entry.pinned_params is not None, "every model pins its exact parameter count"
+    assert n == entry.pinned_params
+
+
+def test_macs_match_reference(model_name):
+    entry = get_entry(model_name)
+    if entry.paper.gmacs is None:
+        pytest.skip(f"{model_name}: no published or reference GMACs to compare with")
+    with torch.device("meta"):
+        model = glocal.create_model(model_name)
+    gmacs = count_macs(model, entry.input_size) / 1e9
+    assert abs(gmacs - entry.paper.gmacs) / entry.paper.gmacs <= 0.03, f"{gmacs:.3f} vs {entry.paper.gmacs}"
+
+
+def test_pyramid_channels_reductions_and_last_map(model_name):
+    torch.manual_seed(0)
+    model = perturb_(build(model_name)).eval()
+    h, w = small_size(model)
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x)
+        last = model.forward_features(x)
+    assert len(maps) == len(model.feature_info)
+    for fmap, info in zip(maps, model.feature_info, strict=True):
+        assert fmap.shape[:2] == (1, info.num_chs)
+        assert fmap.shape[2:] == (h // info.reduction, w // info.reduction)
+    if last.ndim == 4:
+        torch.testing.assert_close(maps[-1], last)
+
+
+def test_features_only_keeps_only_used_parameters(model_name):
+    torch.manual_seed(0)
+    full = build(model_name)
+    n_taps = len(full.feature_info)
+    torch.manual_seed(0)
+    pyramid = perturb_(build(model_name, features_only=True, out_indices=(0, 1)))
+    assert pyramid.out_indices == [0, 1]
+    assert [f.num_chs for f in pyramid.feature_info] == [f.num_chs for f in full.feature_info[:2]]
+    h, w = small_size(full)
+    maps = pyramid(torch.randn(1, 3, h, w))
+    assert len(maps) == 2 and all(m.ndim == 4 for m in maps)
+    sum(m.square().sum() for m in maps).backward()
+    unused = [n for n, p in pyramid.named_parameters() if p.grad is None]
+    assert not unused, f"features_only keeps parameters its output does not use: {unused[:10]}"
+    assert count_params(pyramid) < count_params(full) or n_taps == 2
+
+
+def test_fused_and_explicit_attention_agree(model_name):
+    torch.manual_seed(0)
+    model = perturb_(build(model_name)).eval()
+    x = torch.randn(1, 3, *small_size(model))
+    with torch.no_grad():
+        fused = model(x)
+        with glocal.explicit_attention():
+            explicit = model(x)
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_weights_and_outputs(model_name):
+    torch.manual_seed(123)
+    a = build(model_name).eval()
+    torch.manual_seed(123)
+    b = build(model_name).eval()
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb
+        assert torch.equal(va, vb), ka
+    x = torch.randn(1, 3, *small_size(a))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_bad_inputs_raise_clear_errors(model_name):
+    model = build(model_name).eval()
+    h, w = small_size(model)
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.randn(3, h, w))
+    with pytest.raises(ValueError, match="input channels"):
+        model(torch.randn(1, 4, h, w))
+    with pytest.raises(ValueError, match="at least"):
+        model(torch.randn(1, 3, model.min_input_size - 1, w))
+    if model.input_divisor > 1:
+        with pytest.raises(ValueError, match=f"multiples of {model.input_divisor}"):
+            model(torch.randn(1, 3, h + 1, w))
+
+
+def test_in_chans_and_reset_classifier(model_name):
+    model = build(model_name, in_chans=1, num_classes=3).eval()
+    x = torch.randn(1, 1, *small_size(model))
+    with torch.no_grad():
+        assert model(x).shape == (1, 3)
+        model.reset_classifier(11)
+        assert model(x).shape == (1, 11)
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, model.num_features)
+
+
+def test_no_weight_decay_names_real_parameters(model_name):
+    model = build(model_name)
+    names = dict(model.named_parameters())
+    assert all(n in names for n in model.no_weight_decay())
