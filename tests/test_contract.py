@@ -33,7 +33,8 @@ def test_every_parameter_gets_a_gradient(model_name):
     model = perturb_(build(model_name, num_classes=4)).train()
     x = torch.randn(2, 3, *small_size(model))
     model(x).square().sum().backward()
-    params = dict(model.named_parameters())
+    # Frozen parameters (T2T's fixed random features and sinusoidal table) are counted but never trained.
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing = [n for n, p in params.items() if p.grad is None]
     assert not missing, f"parameters outside the graph: {missing}"
     # A bias added to softmax logits has an analytically zero gradient (softmax is shift-invariant): the official
@@ -93,7 +94,7 @@ def test_features_only_keeps_only_used_parameters(model_name):
     maps = pyramid(torch.randn(1, 3, h, w))
     assert len(maps) == 2 and all(m.ndim == 4 for m in maps)
     sum(m.square().sum() for m in maps).backward()
-    unused = [n for n, p in pyramid.named_parameters() if p.grad is None]
+    unused = [n for n, p in pyramid.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"features_only keeps parameters its output does not use: {unused[:10]}"
     assert count_params(pyramid) < count_params(full) or n_taps == 2
 
@@ -152,3 +153,14 @@ def test_no_weight_decay_names_real_parameters(model_name):
     model = build(model_name)
     names = dict(model.named_parameters())
     assert all(n in names for n in model.no_weight_decay())
+
+
+def test_adaptation_hooks_name_real_modules(model_name):
+    model = build(model_name)
+    modules = dict(model.named_modules())
+    assert isinstance(modules[model.first_conv], torch.nn.Conv2d)
+    assert modules[model.first_conv].in_channels == 3
+    assert model.classifier and all(isinstance(modules[c], torch.nn.Linear) for c in model.classifier)
+    state = model.state_dict()
+    adapted = model.adapt_state_dict(dict(state))
+    assert adapted.keys() == state.keys() and all(torch.equal(adapted[k], state[k]) for k in state)

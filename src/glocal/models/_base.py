@@ -88,6 +88,10 @@ class Backbone(nn.Module):
     # Input height and width must be multiples of this and at least ``min_input_size``.
     input_divisor: int = 1
     min_input_size: int = 32
+    # Checkpoint adaptation: the module whose weight takes the image channels (adapted for in_chans != 3) and the
+    # classifier modules (re-initialised when num_classes differs), as dotted module names.
+    first_conv: str = ""
+    classifier: tuple[str, ...] = ()
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming what is accepted when ``x`` is not a (B, in_chans, H, W) batch of usable size."""
@@ -128,6 +132,11 @@ class Backbone(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         raise NotImplementedError
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt size-dependent tensors of a checkpoint (absolute position embeddings, relative tables) to this
+        model's configured input size; families with such tensors override it. Keys are this model's names."""
+        return state_dict
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (besides norms and biases) that optimisers should not decay."""

@@ -220,6 +220,9 @@ class Bottleneck(nn.Module):
 class ResNet(Backbone):
     """Bottleneck ResNet with pluggable block attention; torchvision's module names (``layer1``..``layer4``, ``fc``)."""
 
+    first_conv = "conv1"
+    classifier = ("fc",)
+
     def __init__(
         self,
         cfg: ResNetConfig,
