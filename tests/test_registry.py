@@ -34,11 +34,6 @@ def test_unknown_override_lists_valid_names():
     assert "drop_rate" in str(err.value) and "not_a_field" in str(err.value)
 
 
-def test_checkpoint_not_available_yet():
-    with pytest.raises(NotImplementedError, match="checkpoint"):
-        glocal.create_model("resnet50", checkpoint="weights.safetensors")
-
-
 def test_out_indices_requires_features_only():
     with pytest.raises(ValueError, match="features_only"):
         glocal.create_model("resnet50", out_indices=(1,))

@@ -240,3 +240,14 @@ def test_botnet_built_for_its_size_uses_its_tables_unchanged():
 def test_bottleneck_stride_placement_with_bot():
     block = Bottleneck(1024, 512, 2, mhsa_heads=4, feat_size=(4, 4))
     assert block(torch.randn(1, 1024, 4, 4)).shape == (1, 2048, 2, 2)
+
+
+def test_botnet_checkpoint_from_another_size_adapts_relative_tables():
+    small = perturb_(glocal.create_model("botnet50", img_size=64))
+    large = glocal.create_model("botnet50", img_size=256)
+    adapted = large.adapt_state_dict(small.state_dict())
+    large.load_state_dict(adapted)
+    assert large.layer4[0].conv2.rel_pos.height.shape == (31, 128)
+    # Endpoints align: the extreme relative offsets keep their embeddings.
+    torch.testing.assert_close(large.layer4[0].conv2.rel_pos.height[0], small.layer4[0].conv2.rel_pos.height[0])
+    torch.testing.assert_close(large.layer4[1].conv2.rel_pos.width[-1], small.layer4[1].conv2.rel_pos.width[-1])

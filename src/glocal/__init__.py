@@ -4,7 +4,16 @@ from glocal import models as _models  # noqa: F401  (registers every family)
 from glocal.factory import create_model
 from glocal.layers.probe import explicit_attention
 from glocal.registry import list_models, model_info
+from glocal.weights import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "explicit_attention", "list_models", "model_info"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "explicit_attention",
+    "list_models",
+    "load_checkpoint",
+    "model_info",
+    "save_checkpoint",
+]

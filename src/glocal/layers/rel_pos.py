@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RelPosLogits"]
+__all__ = ["RelPosLogits", "resample_table"]
 
 
-def _table_for(table: torch.Tensor, length: int) -> torch.Tensor:
+def resample_table(table: torch.Tensor, length: int) -> torch.Tensor:
     """(2L0-1, d) -> (2L-1, d), resampled when the feature length differs from the built one."""
     rows = 2 * length - 1
     if table.shape[0] == rows:
@@ -43,8 +43,8 @@ class RelPosLogits(nn.Module):
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         B, heads, H, W, _ = q.shape
-        rel_h = _relative_rows(_table_for(self.height, H), H)  # (Hq, Hk, d)
-        rel_w = _relative_rows(_table_for(self.width, W), W)  # (Wq, Wk, d)
+        rel_h = _relative_rows(resample_table(self.height, H), H)  # (Hq, Hk, d)
+        rel_w = _relative_rows(resample_table(self.width, W), W)  # (Wq, Wk, d)
         logits_h = torch.einsum("bnyxd,ykd->bnyxk", q, rel_h)  # (B, heads, Hq, Wq, Hk)
         logits_w = torch.einsum("bnyxd,xkd->bnyxk", q, rel_w)  # (B, heads, Hq, Wq, Wk)
         logits = logits_h.unsqueeze(-1) + logits_w.unsqueeze(-2)  # (B, heads, Hq, Wq, Hk, Wk)

@@ -41,6 +41,7 @@ from torch import nn
 from glocal.layers.bot import MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
+from glocal.layers.rel_pos import resample_table
 from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
 from glocal.registry import PaperFigures, register_model
 
@@ -346,6 +347,15 @@ class ResNet(Backbone):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = self._make_head(num_classes)
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample BoTNet relative-position tables saved for another input size to this model's tables."""
+        own = self.state_dict()
+        out = dict(state_dict)
+        for key, value in state_dict.items():
+            if key.endswith((".rel_pos.height", ".rel_pos.width")) and key in own and value.shape != own[key].shape:
+                out[key] = resample_table(value, (own[key].shape[0] + 1) // 2)
+        return out
 
 
 _R50 = (3, 4, 6, 3)

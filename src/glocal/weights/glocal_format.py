@@ -1,0 +1,143 @@
+"""glocal's own checkpoint format: a folder a model hub can host as it is.
+
+::
+
+    my-model/
+      model.safetensors   every tensor of model.state_dict(), glocal's names, header metadata {"format": "pt"}
+      config.json         {"glocal_format": 1, "model_name", "config", "num_classes", "in_chans", "data_config",
+                           "glocal_version"}
+
+``config.json`` holds what :func:`glocal.create_model` needs to rebuild the same architecture (the registered name
+and the family config with any overrides) and how images must reach it (``data_config``). Saving is atomic: both
+files are written and fsync'd in a temporary sibling folder, which then replaces the target. Round trips are
+bit-exact: the tensors are stored as they are, in their dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from glocal.weights.io import CheckpointError, write_bytes_atomic
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "is_glocal_checkpoint",
+    "read_glocal_checkpoint",
+    "read_glocal_config",
+    "save_checkpoint",
+]
+
+_log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+def is_glocal_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder in glocal's format."""
+    path = Path(path)
+    return path.is_dir() and (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` to the folder ``path`` in glocal's format (replacing an existing checkpoint there atomically).
+
+    Returns the folder's path.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.exists() and not is_glocal_checkpoint(path) and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not a glocal checkpoint folder; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    name = getattr(model, "model_name", None)
+    if name is None:
+        _log.warning("saving a model without a registered name: create_model cannot rebuild it from %s alone", path)
+    config = {
+        "glocal_format": FORMAT_VERSION,
+        "model_name": name,
+        "architecture": type(model).__name__,
+        "config": _to_json(getattr(model, "cfg", None)),
+        "num_classes": getattr(model, "num_classes", None),
+        "in_chans": getattr(model, "in_chans", None),
+        "data_config": _to_json(getattr(model, "data_config", None)),
+        "glocal_version": _version(),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write_bytes_atomic(save(tensors, metadata={"format": "pt", "glocal_model": str(name)}), tmp / WEIGHTS_NAME)
+        write_bytes_atomic((json.dumps(config, indent=2) + "\n").encode(), tmp / CONFIG_NAME)
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log.info("saved %s (%d tensors) to %s", name, len(tensors), path)
+    return path
+
+
+def _version() -> str:
+    from glocal import __version__
+
+    return __version__
+
+
+def read_glocal_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a glocal checkpoint folder."""
+    file = Path(path) / CONFIG_NAME
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not a readable glocal config.json: {err}") from err
+    if not isinstance(config, dict) or config.get("glocal_format") != FORMAT_VERSION:
+        raise CheckpointError(f"{file} is not a glocal config.json of format version {FORMAT_VERSION}")
+    return config
+
+
+def read_glocal_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the config of a glocal checkpoint folder."""
+    from glocal.weights.io import read_tensors
+
+    config = read_glocal_config(path)
+    return read_tensors(Path(path) / WEIGHTS_NAME), config

@@ -1,0 +1,251 @@
+"""Reading checkpoint files without executing them, and writing files atomically.
+
+Supported containers, chosen by the file name's suffix:
+
+* ``.safetensors``: read with ``safetensors`` (a header and raw buffers; nothing to execute);
+* ``.npz``: read with ``numpy.load(allow_pickle=False)`` (the original ViT releases of google-research/
+  vision_transformer); object arrays are refused;
+* ``.pkl``: Caffe2/Detectron blob pickles (facebookresearch/video-nonlocal-net releases, ``{'blobs': {name:
+  ndarray}}``, written by Python 2), read by a :class:`pickle.Unpickler` whose ``find_class`` admits only numpy's
+  array and dtype reconstructors, so nothing else can be looked up, let alone called;
+* ``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.pth.tar``, ``.tar``: PyTorch pickles, read with
+  ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and plain containers and refuses any other
+  global, so a crafted ``__reduce__`` never runs. Training scripts (timm's, used by VOLO and T2T-ViT) also store their
+  ``argparse.Namespace`` and numpy scalars next to the weights; those inert data types, and only those
+  (:data:`DATA_GLOBALS`), are admitted to the same restricted unpickler when a file needs them.
+
+Releases nest their weights (DeiT and Twins under ``model``, VOLO and T2T-ViT under ``state_dict`` and
+``state_dict_ema``, OpenMMLab under ``state_dict``) and sometimes prefix them with DataParallel's ``module.``;
+:func:`read_state_dict` unwraps both and returns a flat ``{name: tensor}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "DATA_GLOBALS",
+    "PICKLE_SUFFIXES",
+    "read_state_dict",
+    "read_tensors",
+    "write_bytes_atomic",
+]
+
+_log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+# Where releases nest the weights, in the order they are looked for.
+_NESTING = ("model", "state_dict", "blobs")
+_EMA_NESTING = ("state_dict_ema", "model_ema")
+
+# Globals that rebuild plain data without running code of the file's choosing: the training arguments that timm's
+# checkpoint saver stores, numpy arrays and scalars (metrics); looked up by name, admitted only when a file needs them.
+DATA_GLOBALS = (
+    "argparse.Namespace",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file or the keys."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".safetensors", ".npz", ".pkl", *PICKLE_SUFFIXES):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def read_tensors(path: str | os.PathLike) -> dict:
+    """The raw content of a checkpoint file: a (possibly nested) mapping holding tensors.
+
+    Raises :class:`CheckpointError` naming the file and its expected format when it is corrupt, truncated, of an
+    unknown suffix, or (for pickles) would need to execute code to be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    suffix = _suffix(path)
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for every malformed header or buffer
+            raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or truncated?): {err}") from err
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
+        except ValueError as err:
+            if "allow_pickle" in str(err):
+                raise CheckpointError(
+                    f"{path} holds pickled object arrays; glocal reads .npz files only without pickles"
+                ) from err
+            raise CheckpointError(f"{path} is not a readable .npz archive (corrupt or truncated?): {err}") from err
+        except (OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
+            raise CheckpointError(f"{path} is not a readable .npz archive (corrupt or truncated?): {err}") from err
+    if suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                content = _NumpyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{path} was refused: {err}") from err
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+            raise CheckpointError(
+                f"{path} is not a readable Caffe2 blob pickle (corrupt or truncated?): {err}"
+            ) from err
+        return _arrays_to_tensors(content)
+    if suffix in PICKLE_SUFFIXES:
+        try:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                data_globals = _data_globals_needed(path)
+                if data_globals is None:
+                    raise
+                with torch.serialization.safe_globals(data_globals):
+                    return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{path} was refused: reading it would need objects other than tensors, plain containers and "
+                f"inert data, and glocal never unpickles code (torch.load(weights_only=True)). If you trust the file, "
+                f"re-save its state dict with torch.save(state_dict) or as .safetensors. Details: {err}"
+            ) from err
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (a torch.save zip or legacy pickle; corrupt or "
+                f"truncated?): {err}"
+            ) from err
+    raise CheckpointError(
+        f"{path}: unknown checkpoint suffix {suffix!r}; expected .safetensors, .npz, .pkl or one of {PICKLE_SUFFIXES}"
+    )
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, numbers, strings and numpy arrays; any other global is refused, never imported."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"a blob pickle may only hold numpy arrays, not {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _arrays_to_tensors(content: object) -> object:
+    if isinstance(content, np.ndarray):
+        if content.dtype == object:
+            raise CheckpointError("a blob pickle holds an object array; only numeric arrays are weights")
+        return torch.from_numpy(np.ascontiguousarray(content))
+    if isinstance(content, Mapping):
+        return {k: _arrays_to_tensors(v) for k, v in content.items()}
+    return content
+
+
+def _data_globals_needed(path: Path) -> list | None:
+    """The :data:`DATA_GLOBALS` objects a zip checkpoint's pickle names, or None when it names anything else."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, AttributeError):
+        return None
+    if not names or any(n not in DATA_GLOBALS and not n.startswith("numpy.dtypes.") for n in names):
+        return None
+    found = []
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module_name), attr))
+        except (ImportError, AttributeError):
+            return None
+    if "numpy.dtype" in names:  # a dtype unpickles through its concrete class (Float64DType...), not object arrays
+        found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    return found
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(content: Mapping, path: Path, ema: bool) -> Mapping:
+    """The flat mapping of tensors inside a release's nesting."""
+    order = (*_EMA_NESTING, *_NESTING) if ema else _NESTING
+    for _ in range(3):  # DeiT: {'model': ...}; some trainers nest once more
+        if _is_state_dict(content):
+            return content
+        found = next((k for k in order if isinstance(content.get(k), Mapping)), None)
+        if found is None:
+            break
+        skipped = [k for k in (*_EMA_NESTING, *_NESTING) if k != found and isinstance(content.get(k), Mapping)]
+        if ema and found not in _EMA_NESTING:
+            _log.warning("%s holds no EMA weights (%s); using %r", path, "/".join(_EMA_NESTING), found)
+        elif skipped:
+            _log.info("%s: using the weights under %r (the file also holds %s)", path, found, skipped)
+        content = content[found]
+    tensors = {k: v for k, v in content.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path} holds no tensors where weights are expected (top-level keys: {sorted(map(str, content))[:10]})"
+        )
+    others = sorted(str(k) for k, v in content.items() if not isinstance(v, torch.Tensor))
+    if others:
+        _log.info("%s: ignoring %d non-tensor entries: %s", path, len(others), others[:10])
+    return tensors
+
+
+def read_state_dict(path: str | os.PathLike, *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """A checkpoint file as a flat ``{name: tensor}``, unwrapped from its nesting and ``module.`` prefix.
+
+    ``ema=True`` prefers the exponential moving average weights (``state_dict_ema``, ``model_ema``) when the file
+    holds them, as T2T-ViT's README recommends for its releases.
+    """
+    path = Path(path)
+    content = read_tensors(path)
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path} holds a {type(content).__name__}, not a mapping of names to tensors")
+    state_dict = dict(_unwrap(content, path, ema))
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync'd, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
