@@ -10,7 +10,29 @@ import glocal
 
 # Architecture overrides that keep the heaviest variants cheap in tests that run real computation (gradients,
 # pyramids, fused-vs-explicit). Parameter counts and MACs are always checked on the full models, on the meta device.
-SMALL_OVERRIDES: dict[str, dict] = {}
+SMALL_OVERRIDES: dict[str, dict] = {
+    # Twins: one block per PCPVT stage (GSA + PEG); SVT at SVT-S widths with one LSA and one GSA block per stage.
+    **{name: dict(depths=(1, 1, 1, 1)) for name in ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large")},
+    **{
+        name: dict(depths=(2, 2, 2, 2), embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16))
+        for name in ("twins_svt_small", "twins_svt_base", "twins_svt_large")
+    },
+    # VOLO: one block per group (still 4 pyramid taps and both class-attention blocks); D4/D5 at D2's widths (their
+    # own stem and MLP ratio), the real widths of every variant being counted on the meta device.
+    **{name: dict(depths=(1, 1, 1, 1)) for name in glocal.list_models("volo_d[123]_*")},
+    **{
+        name: dict(depths=(1, 1, 1, 1), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
+        for name in glocal.list_models("volo_d[45]_*")
+    },
+    # ViT/T2T: the real widths, 4 blocks (still 4 pyramid taps).
+    "vit_base_patch16_224": dict(depth=4),
+    "vit_base_patch16_384": dict(depth=4),
+    "vit_large_patch16_224": dict(depth=4),
+    "t2t_vit_19": dict(depth=4),
+    "t2t_vit_24": dict(depth=4),
+    "t2t_vit_t_19": dict(depth=4),
+    "t2t_vit_t_24": dict(depth=4),
+}
 
 
 def build(name: str, **kwargs) -> torch.nn.Module:

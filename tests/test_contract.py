@@ -158,8 +158,12 @@ def test_no_weight_decay_names_real_parameters(model_name):
 def test_adaptation_hooks_name_real_modules(model_name):
     model = build(model_name)
     modules = dict(model.named_modules())
-    assert isinstance(modules[model.first_conv], torch.nn.Conv2d)
-    assert modules[model.first_conv].in_channels == 3
+    first = modules[model.first_conv]
+    # A conv over the image, or (T2T) a linear layer over unfolded patches of it.
+    if isinstance(first, torch.nn.Conv2d):
+        assert first.in_channels == 3
+    else:
+        assert isinstance(first, torch.nn.Linear) and first.in_features % 3 == 0
     assert model.classifier and all(isinstance(modules[c], torch.nn.Linear) for c in model.classifier)
     state = model.state_dict()
     adapted = model.adapt_state_dict(dict(state))

@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 
-from glocal.cli import info, summary
+from glocal.cli import bench, convert, export, info, predict, summary, train
+from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
 
 __all__ = ["main"]
 
-_COMMANDS = {"list": list_cmd, "info": info, "summary": summary}
+_COMMANDS = {"list": list_cmd, "info": info, "summary": summary, "convert": convert, "bench": bench}
+_COMMANDS |= {"train": train, "eval": eval_cmd, "predict": predict, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from glocal.analysis.analytic import AttentionCost, attention_costs
 from glocal.analysis.summary import summarize
+from glocal.factory import create_model
 
 
 def add_parser(sub, name: str) -> None:
@@ -23,8 +26,21 @@ def add_parser(sub, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def _attention_by_kind(costs: list[AttentionCost]) -> list[dict]:
+    """Analytic (paper formula) and counted MACs of the attention modules, summed per design."""
+    kinds: dict[str, dict] = {}
+    for c in costs:
+        row = kinds.setdefault(c.kind, {"kind": c.kind, "modules": 0, "analytic_gmacs": 0.0, "counted_gmacs": 0.0})
+        row["modules"] += 1
+        row["analytic_gmacs"] += c.analytic / 1e9
+        row["counted_gmacs"] += c.counted / 1e9
+    return list(kinds.values())
+
+
 def run(args: argparse.Namespace) -> int:
     s = summarize(args.name)
+    with torch.device("meta"):
+        attention = _attention_by_kind(attention_costs(create_model(args.name), s.input_size))
     record = {
         "name": s.name,
         "family": s.family,
@@ -37,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         "taps": [{"channels": c, "reduction": r} for c, r in s.taps],
         "source": s.source,
         "config": s.config,
+        "attention": attention,
     }
     if args.json:
         print(json.dumps(record))
@@ -51,6 +68,19 @@ def run(args: argparse.Namespace) -> int:
     figures.add_row("ImageNet top-1", "-", f"{s.top1:.2f}" if s.top1 is not None else "-")
     console.print(figures)
     console.print(f"source: {s.source}")
+    if attention:
+        att = Table(title="attention: paper formula vs counted (GMACs per image, see glocal.analysis.analytic)")
+        for col in ("design", "modules", "analytic", "counted", "share of model"):
+            att.add_column(col, justify="left" if col == "design" else "right")
+        for row in attention:
+            att.add_row(
+                row["kind"],
+                str(row["modules"]),
+                f"{row['analytic_gmacs']:.4f}",
+                f"{row['counted_gmacs']:.4f}",
+                f"{row['counted_gmacs'] / s.gmacs:.1%}",
+            )
+        console.print(att)
     taps = Table(title="pyramid taps")
     for col in ("index", "channels", "reduction"):
         taps.add_column(col, justify="right")

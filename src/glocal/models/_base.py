@@ -126,8 +126,11 @@ class Backbone(nn.Module):
     ) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] | None = None) -> list[int]:
-        """Remove every module the requested taps do not need (head, final norm, later stages); returns the taps."""
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] | None = None, *, prune_norm: bool = True
+    ) -> list[int]:
+        """Remove every module the requested taps do not need (head, later stages, and the final norm unless
+        ``prune_norm=False`` keeps it for ``forward_intermediates(norm=True)``); returns the taps."""
         raise NotImplementedError
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -15,12 +15,13 @@ class FeaturePyramid(nn.Module):
 
     The wrapped backbone is pruned: modules the taps do not need (classifier, final norm, later stages) are removed,
     so every remaining parameter receives a gradient and DistributedDataParallel needs no ``find_unused_parameters``.
+    ``norm=True`` keeps the final norm and applies it to the maps (plain transformers' "normed" taps).
     """
 
     def __init__(self, backbone: Backbone, out_indices=None, *, norm: bool = False) -> None:
         super().__init__()
         all_info = backbone.feature_info
-        self.out_indices = backbone.prune_intermediate_layers(out_indices)
+        self.out_indices = backbone.prune_intermediate_layers(out_indices, prune_norm=not norm)
         self.backbone = backbone
         self.norm = norm
         self.feature_info: list[FeatureInfo] = [all_info[i] for i in self.out_indices]

@@ -336,7 +336,7 @@ class ResNet(Backbone):
                 out.append(x)
         return out
 
-    def prune_intermediate_layers(self, indices=None) -> list[int]:
+    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
         taps = resolve_indices(indices, len(self.feature_info))
         for i in range(taps[-1] + 1, 4):
             delattr(self, f"layer{i + 1}")

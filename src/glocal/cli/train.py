@@ -1,0 +1,153 @@
+"""``glocal train``: train or fine-tune a model on the bundled digits or an ImageFolder tree.
+
+A YAML recipe (``-c``) sets defaults, flags override it, and the resolved config is saved beside the checkpoints.
+Under ``torchrun --nproc_per_node N glocal train ...`` every process runs this command; rank 0 draws and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from glocal.engine import Callback, TrainConfig, load_recipe, train
+
+# Flags that map one-to-one onto TrainConfig fields (flag dest -> field); None means "not given".
+_FIELDS = (
+    "model", "data", "epochs", "batch_size", "img_size", "output", "checkpoint", "max_steps", "lr", "optimizer",
+    "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "clip_grad", "ema_decay", "amp",
+    "device", "workers", "threads", "seed",
+)  # fmt: skip
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="train or fine-tune a model (default data: the bundled handwritten digits)",
+        description="Train MODEL on an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) or, without --data, "
+        "on scikit-learn's handwritten digits (1,797 images, 10 classes). A recipe (-c) sets defaults; flags win. "
+        "Writes last.pt (resumable training state), log.jsonl and config.yaml to --output.",
+    )
+    p.add_argument("-c", "--config", metavar="RECIPE.yaml", help="training recipe (see configs/)")
+    p.add_argument("--model", help="registered model name (see `glocal list`)")
+    p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--output", metavar="DIR", help="run folder (default: runs/MODEL-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
+    p.add_argument("--checkpoint", metavar="PATH", help="fine-tune from these weights (classifier re-made)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--lr", type=float, help="peak learning rate for the global batch")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"))
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--mixup", type=float, metavar="ALPHA")
+    p.add_argument("--cutmix", type=float, metavar="ALPHA")
+    p.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (models that have it)")
+    p.add_argument("--clip-grad", type=float, metavar="NORM")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), help="mixed precision (auto: bf16 on CUDA)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, help="data loading processes")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: one per core)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config field, the value in YAML (e.g. --set crop_scale=[0.5,1])",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's saved config (with ``--resume``), then the recipe, then ``--set`` values, then explicit flags."""
+    values = {}
+    saved = Path(args.output) / "config.yaml" if args.resume and args.output else None
+    if saved is not None and saved.is_file():
+        values = load_recipe(saved)
+    if args.config:
+        values |= load_recipe(args.config)
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    values |= {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
+    if args.resume:
+        values["resume"] = True
+    if args.drop_path is not None:
+        values["model_kwargs"] = {**values.get("model_kwargs", {}), "drop_path_rate": args.drop_path}
+    return TrainConfig.from_dict(values)
+
+
+class _ProgressBar(Callback):
+    """A rich progress bar per epoch with the running loss, accuracy and throughput."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[top1]:5.1f}%  {task.fields[ips]:6.0f} img/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, completed=done, loss=0.0, top1=0.0, ips=0.0)
+
+    def on_step(self, metrics: dict[str, float]) -> None:
+        self.progress.update(
+            self.task, advance=1, loss=metrics["loss"], top1=metrics["top1"], ips=metrics["images_per_s"]
+        )
+
+    def on_epoch_end(self, record: dict) -> None:
+        self.progress.stop()
+        line = (
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_top1']:.1f}% | "
+            f"val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2f}% | {record['images_per_s']:.0f} img/s"
+        )
+        if "ema_val_top1" in record:
+            line += f" | EMA top-1 {record['ema_val_top1']:.2f}%"
+        self.console.print(line)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    console = Console()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    callback = _ProgressBar(console) if is_main and not args.quiet else None
+    result = train(cfg, callback)
+    if not is_main:
+        return 0
+    if result.skipped_files:
+        console.print(f"[yellow]skipped {len(result.skipped_files)} unreadable file(s); see the warnings above[/]")
+    if result.val is not None:
+        which = "EMA weights" if cfg.ema_decay else "weights"
+        console.print(
+            f"[bold]validation top-1 {result.val.top1:.2f}%[/] (top-5 {result.val.top5:.2f}%, loss "
+            f"{result.val.loss:.4f}, {result.val.count} images, {which}) after {result.steps} steps in "
+            f"{result.seconds:.0f} s",
+            soft_wrap=True,
+        )
+    console.print(
+        f"checkpoint: {result.checkpoint} (resume with --resume --output {result.output_dir})\n"
+        f"weights:    {result.weights}\nlog:        {result.log}\nconfig:     {result.config}",
+        soft_wrap=True,
+    )
+    return 0

@@ -1,0 +1,169 @@
+"""Image classification datasets: an ImageFolder tree read with PIL, and the bundled handwritten digits.
+
+Both return ``(image, label)`` with ``image`` a (C, H, W) uint8 tensor. Every image of a dataset has the same size
+(ImageFolder images are resized on load, shorter side to ``load_size`` then centre-cropped), so batches stack and
+all randomness (crops, flips, mixing) happens later, batched, on tensors, with explicit generators: data loading
+workers hold no random state, which keeps a run a deterministic function of its seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DIGITS_CLASSES",
+    "ImageDataset",
+    "ImageFolder",
+    "TensorImages",
+    "load_digits_split",
+    "load_image",
+    "open_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DIGITS_CLASSES = tuple(str(d) for d in range(10))
+# Held out for validation from each digit class, with a fixed permutation: the split never changes between runs.
+DIGITS_VAL_FRACTION = 0.2
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """What the engine needs from a dataset besides ``__len__``/``__getitem__``: class names and integer labels."""
+
+    classes: tuple[str, ...]
+    labels: torch.Tensor  # (N,) int64
+    skipped: list[str]
+
+
+@dataclass
+class TensorImages(ImageDataset):
+    """Images already in memory: (N, C, H, W) uint8 and (N,) int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def load_digits_split(split: str) -> TensorImages:
+    """scikit-learn's handwritten digits (1,797 8x8 images, 16 grey levels, 10 classes) as RGB uint8.
+
+    ``split`` is 'train' or 'val'; 20% of every class is held out with a fixed permutation (seed 0).
+    The images stay 8x8: the transforms resize them to the model's input size.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "val"):
+        raise ValueError(f"the digits dataset has splits 'train' and 'val', got {split!r}")
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8), 0..16 -> 0..255
+    targets = digits.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    val_index = []
+    for label in range(10):
+        members = np.flatnonzero(targets == label)
+        n_val = round(len(members) * DIGITS_VAL_FRACTION)
+        val_index.extend(rng.permutation(members)[:n_val].tolist())
+    is_val = np.zeros(len(targets), dtype=bool)
+    is_val[val_index] = True
+    keep = is_val if split == "val" else ~is_val
+    x = torch.from_numpy(images[keep])[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, 8, 8)
+    return TensorImages(images=x, labels=torch.from_numpy(targets[keep]), classes=DIGITS_CLASSES)
+
+
+def _resize_short_center_crop(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class ImageFolder(ImageDataset):
+    """``root/<class>/<image>`` read with PIL; class folders sorted by name give the labels.
+
+    Every file is checked when the tree is scanned: one PIL cannot read (corrupt, or not an image) is logged and
+    skipped, and listed in ``skipped``. An empty class folder or a tree without class folders raises ``ValueError``.
+    Images are converted to RGB, their shorter side resized to ``load_size`` and centre-cropped to a square.
+    """
+
+    def __init__(self, root: str | Path, load_size: int, classes: tuple[str, ...] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
+        found = tuple(sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        if not found:
+            raise ValueError(f"{str(self.root)!r} has no class folders (expected {self.root}/<class>/<image>)")
+        if classes is not None and found != tuple(classes):
+            raise ValueError(
+                f"class folders of {str(self.root)!r} differ from the training classes: "
+                f"missing {sorted(set(classes) - set(found))}, extra {sorted(set(found) - set(classes))}"
+            )
+        self.classes = found
+        self.load_size = load_size
+        self.samples: list[tuple[Path, int]] = []
+        self.skipped = []
+        for label, name in enumerate(self.classes):
+            files = sorted(p for p in (self.root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+            kept = 0
+            for path in files:
+                if self._readable(path):
+                    self.samples.append((path, label))
+                    kept += 1
+                else:
+                    self.skipped.append(str(path))
+            if kept == 0:
+                raise ValueError(f"class folder {str(self.root / name)!r} has no readable images")
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    def _readable(self, path: Path) -> bool:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            logger.warning("skipping %s: not a readable image (%s)", path, err)
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.load_size), label
+
+
+def load_image(path: str | Path, load_size: int) -> torch.Tensor:
+    """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized, centre-cropped."""
+    with Image.open(path) as image:
+        image = _resize_short_center_crop(image.convert("RGB"), load_size)
+        array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+
+
+def open_dataset(data_dir: str | Path | None, split: str, load_size: int, classes=None) -> ImageDataset:
+    """The ``split`` ('train' | 'val') of an ImageFolder tree ``data_dir/{train,val}``, or of the bundled digits."""
+    if data_dir is None:
+        return load_digits_split(split)
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {str(root)!r} does not exist")
+    if not (root / split).is_dir():
+        raise FileNotFoundError(
+            f"data directory {str(root)!r} has no {split}/ folder (expected {root}/{split}/<class>/)"
+        )
+    return ImageFolder(root / split, load_size, classes=classes)

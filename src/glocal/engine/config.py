@@ -1,0 +1,113 @@
+"""The training configuration: one typed dataclass, filled from a YAML recipe and then from command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "load_recipe"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Saved as ``config.yaml`` beside the checkpoints.
+
+    ``batch_size`` is the global batch: data-parallel ranks split it, so a recipe means the same optimisation on any
+    number of processes. Learning rates are for that global batch.
+    """
+
+    model: str
+    # create_model overrides: run-time options (drop_path_rate, drop_rate) or architecture fields (depths, widths).
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # ImageFolder root with train/ and val/ class folders; None trains on the bundled digits.
+    data: str | None = None
+    # Input size; None takes the model's default (data_config.input_size).
+    img_size: int | None = None
+    # Fine-tuning: initial weights from any checkpoint glocal can load; the classifier is re-made for the new classes.
+    checkpoint: str | None = None
+    output: str | None = None
+    resume: bool = False
+    epochs: int = 10
+    batch_size: int = 128
+    # Stop after this many optimiser steps in all (None: run every epoch); a checkpoint is written on stopping.
+    max_steps: int | None = None
+    workers: int = 0
+    # Intra-op CPU threads per process; None keeps torch's default (one per core). Small models run as fast on one
+    # thread, and a shared or oversubscribed machine runs them far faster so (threads spin-wait for each other).
+    threads: int | None = None
+    seed: int = 0
+    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
+    # Mixed precision: 'none' | 'bf16' | 'fp16' (CUDA only, with a gradient scaler) | 'auto' (bf16 on CUDA, none on CPU)
+    amp: str = "auto"
+
+    optimizer: str = "sgd"  # 'sgd' (momentum, Nesterov optional) | 'adamw'
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # 'cosine' | 'step' | 'constant', applied per step after the warmup
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    step_epochs: tuple[int, ...] = (30, 60, 90)
+    step_gamma: float = 0.1
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    # Evaluation crop fraction; None takes the model's data_config.crop_pct.
+    crop_pct: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain data (a parsed recipe), converting lists to tuples; unknown keys raise ``ValueError``."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, names, n=2)
+                hints.append(f"{key!r} (did you mean {', '.join(close)}?)" if close else repr(key))
+            raise ValueError(f"unknown training option(s): {', '.join(hints)}; see `glocal train --help`")
+        if "model" not in values or not values["model"]:
+            raise ValueError("the training config needs a model name (--model NAME or `model:` in the recipe)")
+        converted = {k: tuple(v) if isinstance(v, list) and k != "model_kwargs" else v for k, v in values.items()}
+        return cls(**converted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on settings that cannot run."""
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "constant")}
+        choices |= {"amp": ("auto", "none", "bf16", "fp16"), "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A YAML recipe as a dict of training options."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {str(path)!r} must be a mapping of option: value")
+    return values
