@@ -100,13 +100,19 @@ def build_peers(name: str, img_size: int, timm, official: dict[str, Path]) -> di
     timm_name = TIMM_NAMES.get(name)
     if timm is not None and timm_name is not None:
         kwargs = {} if timm_name.startswith(("resnet", "legacy")) else {"img_size": img_size}
-        peers[f"timm:{timm_name}"] = timm.create_model(timm_name, **kwargs)
+        try:
+            peers[f"timm:{timm_name}"] = timm.create_model(timm_name, **kwargs)
+        except Exception as err:  # noqa: BLE001 (an older timm may lack the model or the argument)
+            print(f"timm {timm_name} could not be built ({type(err).__name__}: {err})", file=sys.stderr)
     family = glocal.registry.get_entry(name).family
     if family in official:
         module = load_official(family, official[family])
         if module is not None:
             ctor = OFFICIAL[family][1](name)
-            kwargs = {"img_size": img_size} if family != "twins" else {}
+            # Official VOLO mixes tokens in training by default (an augmentation, and it calls the removed np.int).
+            kwargs = {"twins": {}, "volo": {"img_size": img_size, "mix_token": False}}.get(
+                family, {"img_size": img_size}
+            )
             try:
                 peers[f"official:{ctor}"] = getattr(module, ctor)(**kwargs)
             except Exception as err:  # noqa: BLE001 (old timm call signatures; report and go on)

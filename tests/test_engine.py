@@ -63,7 +63,8 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
     atomic_save({"x": torch.ones(3)}, path)
 
     def crash(obj, f):
-        f.write(b"half a checkpoint")
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
         raise RuntimeError("killed mid-write")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from glocal.weights.io import atomic_path
 
 __all__ = ["example_input", "export_onnx", "export_program", "export_torchscript"]
 
@@ -47,23 +48,14 @@ def export_program(model: nn.Module, x: torch.Tensor, *, dynamic: bool = True) -
     return torch.export.export(model.eval(), (x,), dynamic_shapes=_dynamic_shapes(model) if dynamic else None)
 
 
-def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return path, Path(tmp)
-
-
 def export_torchscript(model: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> Path:
     """Trace the eval-mode model on ``x`` and save it; the trace runs at any size the model accepts."""
-    path, tmp = _atomic_target(path)
     with torch.no_grad():
         traced = torch.jit.trace(model.eval(), x)
-    traced.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
     log.info("wrote TorchScript to %s", path)
-    return path
+    return Path(path)
 
 
 def export_onnx(
@@ -74,10 +66,9 @@ def export_onnx(
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise RuntimeError("ONNX export needs the 'export' extra: pip install 'glocal[export]'") from err
-    path, tmp = _atomic_target(path)
-    tmp = tmp.with_suffix(".onnx")
     shapes = _dynamic_shapes(model) if dynamic else None
-    torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=shapes)
-    os.replace(tmp, path)
+    program = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, dynamic_shapes=shapes)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
     log.info("wrote ONNX (opset %d) to %s", opset, path)
-    return path
+    return Path(path)

@@ -21,7 +21,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import functools
 import gc
 import inspect
 import math
@@ -73,9 +72,11 @@ class BenchRecord:
         return dataclasses.asdict(self)
 
 
-@functools.cache
-def matmul_peak_tflops(device: str = "cpu", dtype: str = "fp32", threads: int = 0, size: int = 1024) -> float:
-    """The best rate of a square ``size`` matmul on this machine, in TFLOP/s (2 FLOPs per MAC), best of 5 runs."""
+def matmul_peak_tflops(device: str = "cpu", dtype: str = "fp32", size: int = 1024) -> float:
+    """The best rate of a square ``size`` matmul at torch's current thread count, in TFLOP/s (2 FLOPs per MAC), best
+    of 5 runs.
+
+    :func:`bench_model` measures it right after each model's timed runs, so both see the same load."""
     a = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
     b = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
     times = _time_runs(lambda: a @ b, device, warmup=1, runs=5)
@@ -233,7 +234,7 @@ def bench_model(
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [latency] * 3
     threads = torch.get_num_threads()
     tflops = 2 * step_macs * batch_size / latency / 1e12
-    peak = matmul_peak_tflops(device, dtype, threads)
+    peak = matmul_peak_tflops(device, dtype)
     return BenchRecord(
         model=name,
         img_size=img_size,

@@ -8,15 +8,15 @@ moment. It is written to a temporary file in the same folder, flushed with ``fsy
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from glocal.weights.io import atomic_path
 
 __all__ = [
     "STATE_FORMAT",
@@ -32,23 +32,9 @@ STATE_FORMAT = "glocal-train-state-v1"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """``torch.save`` to ``path`` atomically (:func:`glocal.weights.io.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def capture_rng() -> dict[str, Any]:

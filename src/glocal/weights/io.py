@@ -21,13 +21,14 @@ Releases nest their weights (DeiT and Twins under ``model``, VOLO and T2T-ViT un
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "read_state_dict",
     "read_tensors",
+    "atomic_path",
     "write_bytes_atomic",
 ]
 
@@ -236,16 +238,32 @@ def read_state_dict(path: str | os.PathLike, *, ema: bool = False) -> dict[str, 
     return state_dict
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync'd, then ``os.replace``."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path`` (then fsync the
+    folder), on failure remove it. Readers see the old file or the complete new one, never a torn write, even if the
+    process is killed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
