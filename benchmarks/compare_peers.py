@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import glocal
 from glocal.optimize import optimize_for_inference
+from glocal.runtime import keep_freed_memory
 
 # glocal name -> timm name of the same architecture (same layout, same parameter count).
 TIMM_NAMES = {
@@ -170,14 +171,22 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-optimize", action="store_true", help="skip the optimized glocal inference variant")
     p.add_argument("--official", nargs="*", default=[], metavar="FAMILY=DIR", help="official checkouts to compare")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="apply glocal.runtime.keep_freed_memory (what the glocal command does) to the whole process, peers too",
+    )
     args = p.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     official = {k: Path(v) for k, v in (item.split("=", 1) for item in args.official)}
     timm = import_timm()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, timm {getattr(timm, '__version__', '-')}, "
-          f"batch {args.batch_size}, {args.img_size}px, {args.dtype}, {args.rounds} rounds")  # fmt: skip
+          f"batch {args.batch_size}, {args.img_size}px, {args.dtype}, {args.rounds} rounds, "
+          f"{'freed memory kept' if args.keep_freed_memory else 'system malloc'}")  # fmt: skip
     print(f"{'model':24s} {'mode':5s} {'implementation':32s} {'img/s':>8s} {'IQR%':>6s} {'ratio':>6s}")
     for name in args.models:
         torch.manual_seed(0)

@@ -79,7 +79,8 @@ def test_attention_costs_match_counted(name):
     ("name", "kinds"),
     [("nlresnet50", {"non-local"}), ("snlresnet50", {"SNL"}), ("gcresnet50", {"GC"}), ("seresnet50", {"SE"}),
      ("botnet50", {"BoT MHSA2d"}), ("twins_svt_small", {"LSA", "GSA"}), ("twins_pcpvt_small", {"GSA"}),
-     ("volo_d1_224", {"outlook", "global MHSA"}), ("vit_small_patch16_224", {"global MHSA"})],
+     ("volo_d1_224", {"outlook", "global MHSA", "class attention"}), ("vit_small_patch16_224", {"global MHSA"}),
+     ("t2t_vit_14", {"T2T Performer", "global MHSA"}), ("t2t_vit_t_14", {"T2T token attention", "global MHSA"})],
 )  # fmt: skip
 def test_attention_costs_find_each_design(name, kinds):
     with torch.device("meta"):
@@ -98,6 +99,11 @@ def test_formulas_reduce_to_each_other():
     # Global attention grows quadratically, windowed attention and GC linearly, SE not at all.
     assert analytic.mhsa_macs(4 * N, C) > 4 * analytic.mhsa_macs(N, C)
     assert analytic.lsa_macs(2 * H, 2 * W, C, (7, 7)) == 4 * analytic.lsa_macs(H, W, C, (7, 7))
+    # T2T's Performer is linear in the tokens and its softmax token attention is not; class attention is linear.
+    c, d, m = 147, 64, 32
+    assert analytic.performer_macs(4 * N, c, d, m) == 4 * analytic.performer_macs(N, c, d, m)
+    assert analytic.token_attention_macs(4 * N, c, d) > 4 * analytic.token_attention_macs(N, c, d)
+    assert analytic.class_attention_macs(4 * N - 1, C) < 4 * analytic.class_attention_macs(N - 1, C)
     assert analytic.gc_macs(2 * H, 2 * W, C) < 4 * analytic.gc_macs(H, W, C)
     assert analytic.se_macs(C) == 2 * C * (C // 16)
     assert analytic.nl_macs(H, W, C, subsample=True) < analytic.nl_macs(H, W, C)

@@ -110,6 +110,27 @@ def test_fused_and_explicit_attention_agree(model_name):
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
 
 
+def test_memory_layout_changes_speed_not_numbers(model_name):
+    """prepare_input hands the image over in the model's memory_format; either layout computes the same logits and
+    gradients. In float64, so that the other kernels' float reordering (amplified by train-mode BN over tiny maps)
+    cannot hide a real difference."""
+    torch.manual_seed(0)
+    model = perturb_(build(model_name)).train().double()
+    x = torch.randn(2, 3, *small_size(model), dtype=torch.float64)
+    assert model.prepare_input(x).is_contiguous(memory_format=model.memory_format)
+    outputs, grads = [], []
+    for layout in (torch.channels_last, torch.contiguous_format):
+        model.memory_format = layout
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout and drop-path draws in both passes
+        y = model(x)
+        y.square().sum().backward()
+        outputs.append(y.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9 * grads[0].abs().max().item())
+
+
 def test_same_seed_same_weights_and_outputs(model_name):
     torch.manual_seed(123)
     a = build(model_name).eval()

@@ -11,6 +11,9 @@ global MHSA (ViT)      4 N C^2 + 2 N^2 C                            quadratic (S
 LSA, window k1 x k2    4 N C^2 + 2 N k1 k2 C                        linear (Twins Eq. 1)
 GSA / SRA, ratio r     3 N C^2 + 2 N C^2 / r^2 + 2 N^2 C / r^2      quadratic, r^2 smaller (Twins, PVT)
 outlook, kernel K      2 N C^2 + N/s^2 (heads K^4 C + K^4 C)        linear (VOLO Eq. 6, stride s)
+class attention        2 (N+1) C^2 + 2 C^2 + 2 (N+1) C              linear: one query (CaiT, VOLO's head)
+T2T token attention    3 N c C + 2 N^2 C + N C^2                    quadratic, one head, width c -> C
+T2T Performer layer    3 N c C + 4 N m C + N m + 3 N C^2            linear, m random features (+ its MLP)
 BoT MHSA2d             3 N C^2 + 2 N^2 C + N (H + W) C              quadratic, plus relative logits
 non-local (NL)         N C C' + 2 N' C C' + 2 N N' C' + N C' C      quadratic (N' keys: N, or N/4 pooled)
 simplified NL (SNL)    2 N C + C^2                                  linear, query-independent (GCNet)
@@ -35,13 +38,15 @@ from glocal.layers.attention import MultiHeadAttention
 from glocal.layers.bot import MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
+from glocal.models.t2t_vit import TokenAttention, TokenPerformer
 from glocal.models.twins import GlobalSubsampledAttention, LocallyGroupedAttention
-from glocal.models.volo import OutlookAttention
+from glocal.models.volo import ClassAttention, OutlookAttention
 
 __all__ = [
     "AttentionCost",
     "attention_costs",
     "bot_mhsa_macs",
+    "class_attention_macs",
     "context_macs",
     "gc_macs",
     "gsa_macs",
@@ -49,9 +54,11 @@ __all__ = [
     "mhsa_macs",
     "nl_macs",
     "outlook_macs",
+    "performer_macs",
     "register_analytic",
     "se_macs",
     "snl_macs",
+    "token_attention_macs",
 ]
 
 
@@ -86,6 +93,27 @@ def outlook_macs(height: int, width: int, dim: int, kernel: int, heads: int, str
     centres = -(-height // stride) * -(-width // stride)
     k4 = kernel**4
     return 2 * height * width * dim * dim + centres * (heads * k4 * dim + k4 * dim)
+
+
+def class_attention_macs(tokens: int, dim: int) -> int:
+    """CaiT's class attention (VOLO's last blocks): keys and values of the class token and the ``tokens`` patch
+    tokens, a query from the class token only, its two attention products and the output projection."""
+    keys = tokens + 1
+    return 2 * keys * dim * dim + 2 * dim * dim + 2 * keys * dim
+
+
+def token_attention_macs(tokens: int, in_dim: int, dim: int) -> int:
+    """T2T-ViT's single-head token attention (the ``t2t_vit_t_*`` T2T module): q, k, v from width ``in_dim`` to
+    ``dim``, the two attention products over all ``tokens`` and the output projection (no input projection back)."""
+    return 3 * tokens * in_dim * dim + 2 * tokens * tokens * dim + tokens * dim * dim
+
+
+def performer_macs(tokens: int, in_dim: int, dim: int, features: int) -> int:
+    """A T2T Performer layer (``t2t_vit_*``): k, q, v from ``in_dim`` to ``dim``; the ``features`` random features
+    of k and q; phi(k)^T v, its normaliser and phi(q) (phi(k)^T v); the output projection and the layer's
+    ``dim -> dim -> dim`` MLP. Linear in the number of tokens."""
+    m = features
+    return 3 * tokens * in_dim * dim + 4 * tokens * m * dim + tokens * m + 3 * tokens * dim * dim
 
 
 def bot_mhsa_macs(height: int, width: int, dim: int) -> int:
@@ -186,6 +214,25 @@ def _outlook(module: OutlookAttention, args: CallArgs) -> tuple[str, int]:
     _, height, width, dim = args[0]  # (B, H, W, C)
     macs = outlook_macs(height, width, dim, module.kernel_size, module.num_heads, stride=2)
     return f"{height}x{width} C={dim} K={module.kernel_size}", macs
+
+
+@register_analytic(ClassAttention, "class attention")
+def _class_attention(module: ClassAttention, args: CallArgs) -> tuple[str, int]:
+    _, tokens, dim = args[0]  # (B, 1 + N, C)
+    return f"N={tokens - 1} C={dim}", class_attention_macs(tokens - 1, dim)
+
+
+@register_analytic(TokenAttention, "T2T token attention")
+def _token_attention(module: TokenAttention, args: CallArgs) -> tuple[str, int]:
+    _, tokens, in_dim = args[0]  # (B, N, c)
+    return f"N={tokens} c={in_dim} C={module.out_dim}", token_attention_macs(tokens, in_dim, module.out_dim)
+
+
+@register_analytic(TokenPerformer, "T2T Performer")
+def _performer(module: TokenPerformer, args: CallArgs) -> tuple[str, int]:
+    _, tokens, in_dim = args[0]  # (B, N, c)
+    m = module.num_random_features
+    return f"N={tokens} c={in_dim} C={module.out_dim} m={m}", performer_macs(tokens, in_dim, module.out_dim, m)
 
 
 @register_analytic(MHSA2d, "BoT MHSA2d")

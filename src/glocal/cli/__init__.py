@@ -9,6 +9,7 @@ import sys
 from glocal.cli import bench, convert, export, info, predict, summary, train
 from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
+from glocal.runtime import keep_freed_memory
 
 __all__ = ["main"]
 
@@ -23,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         "VOLO, ViT and T2T-ViT, with their papers' figures.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (by default freed tensor memory is kept for reuse, "
+        "20-35%% faster CPU steps; see glocal.runtime)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in _COMMANDS.items():
         module.add_parser(sub, name)
@@ -33,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.system_malloc:
+        keep_freed_memory()
     try:
         return args.run(args) or 0
     except (KeyError, ValueError, FileNotFoundError) as err:

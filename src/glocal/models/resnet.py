@@ -314,7 +314,7 @@ class ResNet(Backbone):
         return [getattr(self, f"layer{i}") for i in range(1, 5) if hasattr(self, f"layer{i}")]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.prepare_input(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

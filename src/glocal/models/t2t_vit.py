@@ -303,7 +303,7 @@ class T2TViT(PlainTransformer):
         self.pos_embed.copy_(sinusoid_table(self.pos_embed.shape[1], self.pos_embed.shape[2]))
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        self.check_input(x)
+        x = self.prepare_input(x)
         x, size = self.tokens_to_token(x)  # (B, h*w, C)
         # Traced and compiled graphs always build the table (equal to the stored one at the configured grid), so
         # they are not frozen to the traced grid.

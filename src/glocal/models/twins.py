@@ -333,7 +333,7 @@ class Twins(Backbone):
         return x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1])  # (B, C_i, H_i, W_i)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.prepare_input(x)
         for i in range(len(self.blocks)):
             x = self._stage(i, x)
         return x  # (B, C4, H/32, W/32)
@@ -346,7 +346,7 @@ class Twins(Backbone):
         self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, norm: bool = False
     ) -> list[torch.Tensor]:
         taps = resolve_indices(indices, len(self.feature_info))
-        self.check_input(x)
+        x = self.prepare_input(x)
         out = []
         for i in range(taps[-1] + 1):
             x = self._stage(i, x)

@@ -68,6 +68,8 @@ class PlainTransformer(Backbone):
 
     global_pool: str
     feature_blocks: tuple[int, ...]
+    # One patchifying conv (ViT) or unfold (T2T) before the tokens: the channels-last image gains nothing there.
+    memory_format = torch.contiguous_format
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, in_chans, H, W) -> tokens (B, 1 + h*w, C) with class token and positions, and the grid (h, w)."""
@@ -237,7 +239,7 @@ class VisionTransformer(PlainTransformer):
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        self.check_input(x)
+        x = self.prepare_input(x)
         x, size = self.patch_embed(x)  # (B, h*w, C)
         pos = resample_tokens(self.pos_embed, self.grid_size, size, num_prefix=1)  # (1, 1 + h*w, C)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos  # (B, 1 + h*w, C)

@@ -364,7 +364,7 @@ class Volo(Backbone):
         self.apply(_init_linear)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.prepare_input(x)
         return self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/8, W/8, C1)
 
     def _network(
