@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from glocal.layers.linear import Linear
+
 __all__ = ["Backbone", "DataConfig", "FeatureInfo", "resolve_indices", "to_2tuple"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -157,4 +159,4 @@ class Backbone(nn.Module):
         return set()
 
     def _make_head(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        return Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from glocal.layers.attention import attend
+from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.probe import AttentionProbe
 from glocal.models._base import DataConfig
@@ -112,9 +113,9 @@ class TokenAttention(nn.Module):
         super().__init__()
         self.out_dim = out_dim
         self.scale = dim**-0.5
-        self.qkv = nn.Linear(dim, out_dim * 3, bias=False)
+        self.qkv = Linear(dim, out_dim * 3, bias=False)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.proj = Linear(out_dim, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe = AttentionProbe()
 
@@ -156,9 +157,9 @@ class TokenPerformer(nn.Module):
     def __init__(self, dim: int, out_dim: int, *, kernel_ratio: float = 0.5, drop: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         self.out_dim = out_dim
-        self.kqv = nn.Linear(dim, 3 * out_dim)
+        self.kqv = Linear(dim, 3 * out_dim)
         self.drop = nn.Dropout(drop)
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.proj = Linear(out_dim, out_dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(out_dim)
         self.mlp = Mlp(out_dim, out_dim, drop=(0.0, drop))
@@ -221,7 +222,7 @@ class TokensToToken(nn.Module):
             self.attention2 = TokenTransformer(token_dim * 3 * 3, token_dim)
         else:
             raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {tokens_type!r}")
-        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.project = Linear(token_dim * 3 * 3, embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         B, _, H, W = x.shape
