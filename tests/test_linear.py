@@ -22,10 +22,11 @@ def _ran_onednn(fn) -> bool:
 
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-def test_values_and_gradients_equal_f_linear(bias):
+@pytest.mark.parametrize("rows", [2 * MIN_ROWS, 8 * 160])  # the weight gradient on oneDNN, then on MKL (long sum)
+def test_values_and_gradients_equal_f_linear(bias, rows):
     torch.manual_seed(0)
     layer = Linear(96, 160, bias=bias)
-    x = torch.randn(4, MIN_ROWS // 2, 96).transpose(0, 1)  # (rows/2, 4, 96): non-contiguous, 2 * MIN_ROWS rows
+    x = torch.randn(4, rows // 4, 96).transpose(0, 1)  # (rows / 4, 4, 96): non-contiguous
     x_ref = x.detach().clone().requires_grad_()
     x.requires_grad_()
     assert _ran_onednn(lambda: layer(x))

@@ -7,12 +7,14 @@ transformers spend 65-75% of their time in linear layers, so :func:`linear` send
 (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses on CPU), with a backward whose two
 products go there too:
 
-* forward ``y = x W^T + b``; backward ``dx = dy W`` and ``dW = dy^T x`` (on contiguous transposes), ``db = sum dy``.
+* forward ``y = x W^T + b``; backward ``dx = dy W``, ``dW = dy^T x`` (on contiguous transposes, or MKL for reductions
+  over many rows, where the copies cost more than oneDNN saves), ``db = sum dy``.
 
-Everything else takes ``F.linear``: other devices and dtypes, autocast (whose bfloat16 products are oneDNN's already),
-fewer than ``MIN_ROWS`` rows (tiny products, where a call's overhead dominates), builds without oneDNN, and traced,
-scripted, compiled or exported graphs (which must hold standard operators). The result differs from ``F.linear`` by
-float32 rounding only (another summation order: about 1e-6 relative).
+Everything else takes ``F.linear``: other devices and dtypes, autocast (whose bfloat16 products are oneDNN's
+already), fewer than ``MIN_ROWS`` rows (a class token, a pooled vector: tiny products, where the transposed copies
+of the backward cost more than they save), builds without oneDNN, and traced, scripted, compiled or exported graphs
+(which must hold standard operators). The result differs from ``F.linear`` by float32 rounding only (another
+summation order: about 1e-6 relative).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from torch import nn
 __all__ = ["Linear", "linear", "MIN_ROWS"]
 
 # Products with fewer rows (tokens x batch) than this stay on F.linear.
-MIN_ROWS = 256
+MIN_ROWS = 64
+# The weight gradient sums over the rows; oneDNN computes it from transposed copies of the gradient and the input,
+# which pays off up to this many rows per unit of the larger width and loses beyond (benchmarks/linear.py).
+WEIGHT_GRAD_ROWS_PER_WIDTH = 4
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -49,7 +54,11 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn(grad, weight.t().contiguous(), None)  # (M, K)
         if ctx.needs_input_grad[1]:
-            grad_w = _onednn(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
+            rows, k = x.shape
+            if rows <= WEIGHT_GRAD_ROWS_PER_WIDTH * max(k, grad.shape[1]):
+                grad_w = _onednn(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
+            else:  # a long reduction: transposing the activations costs more than oneDNN saves
+                grad_w = grad.t().mm(x)  # (N, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
