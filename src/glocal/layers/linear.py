@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "linear", "MIN_ROWS"]
+__all__ = ["Linear", "capturing_graph", "linear", "onednn_available", "onednn_gemm", "MIN_ROWS"]
 
 # Products with fewer rows (tokens x batch) than this stay on F.linear.
 MIN_ROWS = 64
@@ -34,9 +34,30 @@ WEIGHT_GRAD_ROWS_PER_WIDTH = 4
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T + bias on oneDNN; contiguous operands."""
+def onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias on oneDNN; contiguous operands; no autograd."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def capturing_graph() -> bool:
+    """Whether a graph is being traced, scripted, compiled or exported (which must hold standard operators)."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
+def onednn_available(*tensors: torch.Tensor) -> bool:
+    """Whether oneDNN's float32 GEMM may take these eager CPU tensors (no autocast, no graph capture)."""
+    if capturing_graph():  # first: reading a symbolic tensor's properties would add guards to the graph
+        return False
+    return (
+        _ONEDNN
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -44,7 +65,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        return onednn_gemm(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -52,11 +73,11 @@ class _OneDNNLinear(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn(grad, weight.t().contiguous(), None)  # (M, K)
+            grad_x = onednn_gemm(grad, weight.t().contiguous(), None)  # (M, K)
         if ctx.needs_input_grad[1]:
             rows, k = x.shape
             if rows <= WEIGHT_GRAD_ROWS_PER_WIDTH * max(k, grad.shape[1]):
-                grad_w = _onednn(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
+                grad_w = onednn_gemm(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
             else:  # a long reduction: transposing the activations costs more than oneDNN saves
                 grad_w = grad.t().mm(x)  # (N, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -64,27 +85,9 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # Graph capture first: reading the size of a symbolic tensor would add a guard to the captured graph.
-    if (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    ):
-        return False
-    return (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and x.numel() >= MIN_ROWS * x.shape[-1]
-    )
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for x (..., K), weight (N, K): oneDNN for large float32 CPU products."""
-    if not _use_onednn(x, weight):
+    if not (onednn_available(x, weight) and x.numel() >= MIN_ROWS * x.shape[-1]):
         return F.linear(x, weight, bias)
     x2d = x.reshape(-1, x.shape[-1]).contiguous()  # (M, K)
     if torch.is_grad_enabled() and (
@@ -92,7 +95,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ):
         y = _OneDNNLinear.apply(x2d, weight, bias)
     else:
-        y = _onednn(x2d, weight, bias)
+        y = onednn_gemm(x2d, weight, bias)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
