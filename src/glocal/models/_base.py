@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from glocal.layers.linear import Linear
+from glocal.layers.linear import Linear, capturing_graph
 
 __all__ = ["Backbone", "DataConfig", "FeatureInfo", "resolve_indices", "to_2tuple"]
 
@@ -121,8 +121,13 @@ class Backbone(nn.Module):
             )
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``check_input``, then ``x`` in this model's ``memory_format`` (a copy only when the layout differs)."""
+        """``check_input``, then ``x`` in this model's ``memory_format`` (a copy only when the layout differs).
+
+        Traced and exported graphs get ``x`` as it is: a layout is an eager-mode speed matter (ONNX has none), and
+        strides baked into a graph with dynamic sizes can make its reshapes fail."""
         self.check_input(x)
+        if capturing_graph():
+            return x
         return x.contiguous(memory_format=self.memory_format)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
