@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import GlobalContext, MHSA2d, NonLocal2d, RelPosLogits, gc_block, se_block, snl_block
-from glocal.models.resnet import Bottleneck
+from glocal.models.resnet import Bottleneck, CeilMaxPool
 from tests.conftest import perturb_
 
 
@@ -198,7 +198,7 @@ def test_invalid_configs_are_explained(overrides, message):
 def test_senet_layout_stride_on_first_1x1_and_ceil_pool():
     model = _meta("seresnet50")
     assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)
-    assert model.maxpool.ceil_mode and model.maxpool.padding == 0
+    assert isinstance(model.maxpool, CeilMaxPool)  # ceil-mode pooling, equal to nn.MaxPool2d's (tested below)
     tv = _meta("resnet50")
     assert tv.layer2[0].conv1.stride == (1, 1) and tv.layer2[0].conv2.stride == (2, 2)
 
@@ -251,3 +251,11 @@ def test_botnet_checkpoint_from_another_size_adapts_relative_tables():
     # Endpoints align: the extreme relative offsets keep their embeddings.
     torch.testing.assert_close(large.layer4[0].conv2.rel_pos.height[0], small.layer4[0].conv2.rel_pos.height[0])
     torch.testing.assert_close(large.layer4[1].conv2.rel_pos.width[-1], small.layer4[1].conv2.rel_pos.width[-1])
+
+
+def test_ceil_max_pool_equals_ceil_mode_at_every_size():
+    reference = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for h in range(3, 14):
+        for w in (3, 4, 9, 12):
+            x = torch.randn(2, 3, h, w)
+            assert torch.equal(CeilMaxPool()(x), reference(x)), (h, w)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from glocal.layers.bot import MHSA2d
@@ -164,6 +165,16 @@ def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> tu
     return conv, nn.BatchNorm2d(out_chs)
 
 
+class CeilMaxPool(nn.Module):
+    """The Caffe SENet stem's 3x3 stride-2 max-pool with ``ceil_mode=True``, written as a ``-inf`` pad of one row and
+    column (bottom, right) and a floor-mode pool: the same windows and values at every size (``ceil((H - 3) / 2) + 1
+    == floor((H - 2) / 2) + 1``; the padded row is in a window only where ceil mode adds a partial one), but
+    exportable with dynamic sizes, which ``ceil_mode`` is not (``torch.export`` asserts on its size formula)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), kernel_size=3, stride=2)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (or MHSA) -> 1x1 residual block, (B, in_chs, H, W) -> (B, 4 * width, H / stride, W / stride).
 
@@ -251,7 +262,7 @@ class ResNet(Backbone):
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.relu = nn.ReLU(inplace=True)
         if cfg.stem_pool_ceil:
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+            self.maxpool = CeilMaxPool()
         else:
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
