@@ -23,7 +23,7 @@ import ctypes.util
 import logging
 import platform
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,28 @@ _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The process's glibc, or None under another C library."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse (no mmap per large block, no trimming); returns whether it
     was applied (False on other C libraries)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         log.debug("allocator left alone: not glibc (%s)", platform.libc_ver()[0] or platform.system())
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     log.debug("glibc malloc keeps freed memory: %s", applied)
     return applied
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system now (``malloc_trim``), whatever the trim setting; a no-op on other
+    C libraries. Memory measurements call it so that the resident set counts live memory only."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

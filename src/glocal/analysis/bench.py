@@ -18,8 +18,6 @@ counts activations, workspaces and, in training, gradients and optimiser state.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import gc
 import inspect
@@ -38,6 +36,7 @@ from glocal.factory import create_model
 from glocal.layers.linear import linear
 from glocal.optimize import optimize_for_inference
 from glocal.registry import get_entry
+from glocal.runtime import release_freed_memory
 
 __all__ = ["BenchRecord", "bench_model", "fit_scaling", "matmul_peak_tflops", "plot_scaling"]
 
@@ -118,11 +117,7 @@ def _rss_kib(field: str) -> int | None:
 def _release_heap() -> None:
     """Collect garbage and hand freed heap back to the system, so the resident set measures live memory."""
     gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+    release_freed_memory()
 
 
 def _reset_rss_peak() -> bool:
