@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
+from glocal import create_model
 from glocal.cli import main
-from glocal.engine import TrainConfig, build_model, load_recipe, load_train_state
+from glocal.engine import TrainConfig, load_recipe, load_train_state
 from tests.test_data import write_image_tree
 
 GLOCAL = str(Path(sys.executable).parent / "glocal")
@@ -117,14 +118,14 @@ def test_train_eval_predict_and_fine_tune(tmp_path, tree, capsys):
     assert (run / "model" / "model.safetensors").is_file()
 
     png = tmp_path / "confusion.png"
-    args = ["eval", "--model", "resnet50", "--checkpoint", str(run / "last.pt"), "--data", str(tree)]
+    args = ["eval", "--checkpoint", str(run / "last.pt"), "--data", str(tree)]
     assert main([*args, "--confusion", str(png), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["count"] == 8 and set(metrics["per_class"]) == {"cat", "dog"}
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     image = str(tree / "val" / "dog" / "0.png")
-    assert main(["predict", "--model", "resnet50", "--checkpoint", str(run / "last.pt"), image, "--json"]) == 0
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), image, "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["top"]
     assert {t["label"] for t in top} == {"cat", "dog"}
     assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-5)
@@ -143,7 +144,7 @@ def test_train_eval_predict_and_fine_tune(tmp_path, tree, capsys):
     [
         (["train", "--model", "gcresnet5"], "Did you mean: gcresnet50"),
         (["train", "--model", "resnet50", "--data", "/no/such/dir"], "'/no/such/dir' does not exist"),
-        (["eval", "--model", "resnet50", "--checkpoint", "/no/such.pt"], "'/no/such.pt' does not exist"),
+        (["eval", "--checkpoint", "/no/such.pt"], "no checkpoint file or folder at /no/such.pt"),
         (["train", "-c", "/no/recipe.yaml"], "recipe '/no/recipe.yaml' does not exist"),
         (["train", "--model", "resnet50", "--set", "lrr=1"], "did you mean lr"),
     ],
@@ -166,5 +167,5 @@ def test_recipes_parse_and_build(path):
     cfg = TrainConfig.from_dict(load_recipe(path))
     cfg.validate()
     with torch.device("meta"):
-        model = build_model(cfg.model, 10, cfg.img_size, cfg.model_kwargs)
+        model = create_model(cfg.model, num_classes=10, img_size=cfg.img_size, **cfg.model_kwargs)
     assert model.num_classes == 10

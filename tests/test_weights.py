@@ -584,7 +584,11 @@ def test_cli_convert_writes_glocal_format(tmp_path, monkeypatch):
     official = make_state_dict(legacy_seresnet_keys(*S))
     official["last_linear.weight"], official["last_linear.bias"] = torch.randn(5, 512), torch.randn(5)
     torch.save({"state_dict": official}, tmp_path / "se_resnet50.pth")
-    assert cli_main(["convert", str(tmp_path / "se_resnet50.pth"), str(tmp_path / "out"), "--model", "seresnet50"]) == 0
+    src, out = str(tmp_path / "se_resnet50.pth"), str(tmp_path / "out")
+    assert cli_main(["convert", "--checkpoint", src, "--output", out, "--model", "seresnet50"]) == 0
     model = glocal.create_model("seresnet50", checkpoint=tmp_path / "out")  # 5 classes and SMALL from config.json
     assert model.num_classes == 5 and torch.equal(model.fc.weight, official["last_linear.weight"])
-    assert cli_main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o2"), "--model", "seresnet50"]) == 2
+    missing = str(tmp_path / "missing.pth")
+    assert (
+        cli_main(["convert", "--checkpoint", missing, "--output", str(tmp_path / "o2"), "--model", "seresnet50"]) == 2
+    )

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
+from glocal.models._base import DataConfig
 from glocal.models._features import FeaturePyramid
 from glocal.registry import get_entry
-from glocal.weights import is_glocal_checkpoint, load_checkpoint, read_glocal_config
+from glocal.weights import Checkpoint, import_state_dict, load_checkpoint, open_checkpoint, resolve_model_name
 
 __all__ = ["create_model"]
 
 _CONTRACT_KWARGS = ("num_classes", "in_chans")
-
-_log = logging.getLogger(__name__)
 
 
 def _runtime_kwargs(model_cls: type) -> list[str]:
@@ -27,13 +26,16 @@ def _runtime_kwargs(model_cls: type) -> list[str]:
 
 
 def create_model(
-    name: str,
+    name: str | None = None,
     *,
     num_classes: int | None = None,
     in_chans: int | None = None,
     features_only: bool = False,
     out_indices: int | list[int] | tuple[int, ...] | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Checkpoint | None = None,
+    layout: str | None = None,
+    ema: bool = False,
+    new_classifier: bool = True,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -43,27 +45,21 @@ def create_model(
     Anything else raises ``TypeError`` listing the valid names. ``features_only`` returns a
     :class:`~glocal.models._features.FeaturePyramid` over ``out_indices`` (default: every tap).
 
-    ``checkpoint`` loads weights (:func:`glocal.weights.load_checkpoint`): a glocal folder, or an official or timm
-    file of any supported layout. A glocal folder also supplies the defaults it was saved with (its config overrides,
-    ``num_classes``, ``in_chans``, input size); arguments given here take precedence. Otherwise ``num_classes``
-    defaults to 1000 and ``in_chans`` to 3; a checkpoint with other values has its classifier re-initialised or its
-    first layer adapted, and says so in the log.
+    ``checkpoint`` loads weights: a glocal folder, a training state (``last.pt``), an official or timm file of any
+    supported layout (``layout`` names one instead of detecting it), or a :class:`~glocal.weights.Checkpoint` from
+    :func:`~glocal.weights.open_checkpoint`. What the checkpoint says about itself is the default: its model
+    (``name`` may then be left out, and must not contradict it), architecture overrides, ``num_classes`` (for a
+    foreign file: the size of its classifier), ``in_chans``, input size and preprocessing (``model.data_config``);
+    arguments given here take precedence. A ``num_classes`` other than the checkpoint's re-initialises the classifier
+    (logged), unless ``new_classifier=False``, which refuses; another ``in_chans`` adapts the first layer. ``ema``
+    takes the EMA weights of files holding both.
     """
+    ckpt = (
+        checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else open_checkpoint(checkpoint, ema=ema)
+    )
+    name = resolve_model_name(name, ckpt)
     entry = get_entry(name)
     cfg = entry.config()
-    saved = read_glocal_config(checkpoint) if checkpoint is not None and is_glocal_checkpoint(checkpoint) else {}
-    if saved.get("model_name") not in (None, name):
-        _log.warning("%s was saved from %r; building %r with its own defaults", checkpoint, saved["model_name"], name)
-        saved = {}
-    if saved:
-        saved_cfg = saved.get("config") or {}
-        known = {f.name for f in dataclasses.fields(cfg)}
-        cfg = dataclasses.replace(cfg, **{k: _as_tuples(v) for k, v in saved_cfg.items() if k in known})
-        if "img_size" in _runtime_kwargs(entry.model_cls) and "img_size" not in overrides and saved.get("data_config"):
-            height, width = saved["data_config"]["input_size"][1:]
-            overrides = {**overrides, "img_size": height if height == width else (height, width)}
-    num_classes = num_classes if num_classes is not None else saved.get("num_classes", 1000)
-    in_chans = in_chans if in_chans is not None else saved.get("in_chans", 3)
     cfg_fields = [f.name for f in dataclasses.fields(cfg)]
     runtime = _runtime_kwargs(entry.model_cls)
     unknown = sorted(set(overrides) - set(cfg_fields) - set(runtime))
@@ -72,18 +68,51 @@ def create_model(
             f"create_model({name!r}) got unknown keyword argument(s) {unknown}. "
             f"Config fields: {cfg_fields}. Run-time options: {runtime}."
         )
+    if ckpt is not None:
+        saved = {k: _as_tuples(v) for k, v in ckpt.config.items() if k in cfg_fields or k in runtime}
+        if ckpt.input_size is not None and "img_size" in (*cfg_fields, *runtime):
+            height, width = ckpt.input_size
+            saved["img_size"] = height if height == width else (height, width)
+        overrides = {**saved, **overrides}
+        in_chans = in_chans if in_chans is not None else ckpt.in_chans
     cfg_overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in cfg_fields}
     cfg = dataclasses.replace(cfg, **cfg_overrides)
     runtime_overrides = {k: v for k, v in overrides.items() if k not in cfg_fields}
+    if num_classes is None and ckpt is not None:
+        num_classes = ckpt.num_classes
+        if num_classes is None:
+            with torch.device("meta"):
+                probe = entry.model_cls(cfg, **runtime_overrides)
+            num_classes = _classifier_size(probe, name, ckpt, layout)
+    num_classes = num_classes if num_classes is not None else 1000
+    in_chans = in_chans if in_chans is not None else 3
     model = entry.model_cls(cfg, num_classes=num_classes, in_chans=in_chans, **runtime_overrides)
     model.model_name = name
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if ckpt is not None:
+        if ckpt.data_config:
+            model.data_config = _saved_preprocessing(model.data_config, ckpt.data_config)
+        load_checkpoint(model, ckpt, layout=layout, new_classifier=new_classifier)
     if features_only:
         return FeaturePyramid(model, out_indices)
     if out_indices is not None:
         raise ValueError("out_indices applies to features_only=True models only")
     return model
+
+
+def _classifier_size(probe: nn.Module, name: str, ckpt: Checkpoint, layout: str | None) -> int | None:
+    """The number of outputs of a foreign checkpoint's classifier (None without one), read in glocal's names."""
+    probe.model_name = name
+    mapped, _ = import_state_dict(ckpt.tensors, probe, layout=layout or ckpt.layout)
+    heads = [mapped[f"{head}.weight"] for head in probe.classifier if f"{head}.weight" in mapped]
+    return heads[0].shape[0] if heads else None
+
+
+def _saved_preprocessing(current: DataConfig, saved: dict[str, Any]) -> DataConfig:
+    """The model's data config with the checkpoint's normalisation, crop and interpolation (the input size stays the
+    model's: the one it was built at, the checkpoint's unless overridden)."""
+    keep = {"input_size", "dynamic_size"}
+    known = {f.name for f in dataclasses.fields(current)} - keep
+    return dataclasses.replace(current, **{k: _as_tuples(v) for k, v in saved.items() if k in known})
 
 
 def _as_tuples(value: Any) -> Any:

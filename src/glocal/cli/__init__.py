@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from glocal.cli import bench, convert, export, info, predict, summary, train
 from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
+from glocal.cli._args import Parser
 from glocal.runtime import keep_freed_memory
 
 __all__ = ["main"]
@@ -17,20 +17,20 @@ _COMMANDS = {"list": list_cmd, "info": info, "summary": summary, "convert": conv
 _COMMANDS |= {"train": train, "eval": eval_cmd, "predict": predict, "export": export}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="glocal",
         description="Vision backbones joining local and global attention: ResNet (SE/GC/NL/SNL), BoTNet, Twins, "
         "VOLO, ViT and T2T-ViT, with their papers' figures.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; tracebacks on errors")
     parser.add_argument(
         "--system-malloc",
         action="store_true",
         help="keep glibc's default allocator settings (by default freed tensor memory is kept for reuse, "
         "20-35%% faster CPU steps; see glocal.runtime)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, module in _COMMANDS.items():
         module.add_parser(sub, name)
     return parser
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         return args.run(args) or 0
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"glocal {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -10,36 +10,39 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from glocal.cli._args import add_checkpoint, add_img_size, add_model
 from glocal.data import open_dataset
-from glocal.engine import evaluate, save_confusion_png
+from glocal.engine.evaluate import evaluate, save_confusion_png
 from glocal.engine.inference import restore_model
+from glocal.weights import open_checkpoint
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
         name,
         help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
-        description="Evaluate MODEL with the weights of --checkpoint (a run's last.pt, or any checkpoint glocal "
-        "loads) on the val/ split of --data, or on the bundled digits' validation split.",
+        description="Evaluate the model of --checkpoint (rebuilt from it: architecture, classes, input size and "
+        "preprocessing as saved) on the val/ split of --data, or on the bundled digits' validation split.",
     )
-    p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--checkpoint", required=True, metavar="PATH")
-    p.add_argument("--data", metavar="DIR", help="ImageFolder root (default: bundled digits)")
-    p.add_argument("--split", default="val", choices=("train", "val"))
-    p.add_argument("--img-size", type=int, help="input size (default: the run's, else the model's)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--ema", action="store_true", help="evaluate the run's EMA weights")
+    add_checkpoint(p, required=True)
+    add_model(p)
+    p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="which split")
+    add_img_size(p, "input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--ema", action="store_true", help="evaluate a training state's EMA weights")
     p.add_argument("--confusion", metavar="PNG", help="confusion matrix image (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    ckpt = open_checkpoint(args.checkpoint, ema=args.ema)
     classes = None
-    if args.data is not None:
-        # The class folders define the labels of a checkpoint that carries none (not a training state).
+    if args.data is not None and ckpt.classes is None:
+        # The class folders name the labels of a checkpoint that carries no class names.
         classes = open_dataset(args.data, args.split, load_size=1).classes
-    restored = restore_model(args.model, args.checkpoint, classes=classes, img_size=args.img_size, ema=args.ema)
+    restored = restore_model(ckpt, model=args.model, classes=classes, img_size=args.img_size)
     load_size = round(max(restored.img_size) / restored.crop_pct)
     dataset = open_dataset(args.data, args.split, load_size, classes=restored.classes if args.data else None)
     result = evaluate(
@@ -52,20 +55,23 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=torch.device("cpu"),
     )
-    ckpt = Path(args.checkpoint)
-    png = Path(args.confusion) if args.confusion else (ckpt.parent if ckpt.is_file() else ckpt) / "confusion.png"
-    save_confusion_png(result, png, title=f"{args.model}: top-1 {result.top1:.2f}% ({result.count} images)")
+    name = restored.model.model_name
+    ckpt_path = Path(args.checkpoint)
+    png = Path(args.confusion) if args.confusion else ckpt_path.with_name(f"{ckpt_path.stem}-confusion.png")
+    save_confusion_png(result, png, title=f"{name}: top-1 {result.top1:.2f}% ({result.count} images)")
+    size = "x".join(map(str, restored.img_size))
     if args.json:
         record = result.summary() | {"per_class": dict(zip(result.classes, result.per_class, strict=True))}
+        record |= {"model": name, "img_size": list(restored.img_size), "crop_pct": restored.crop_pct}
         print(json.dumps(record | {"confusion_png": str(png), "skipped": len(dataset.skipped)}))
         return 0
     console = Console()
-    table = Table(title=f"{args.model} on {args.data or 'digits'} ({args.split}, {result.count} images)")
+    table = Table(title=f"{name} on {args.data or 'digits'} ({args.split}, {result.count} images at {size})")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     table.add_column("images", justify="right")
-    for i, name in enumerate(result.classes):
-        table.add_row(name, f"{result.per_class[i]:.2f}%", str(int(result.confusion[i].sum())))
+    for i, label in enumerate(result.classes):
+        table.add_row(label, f"{result.per_class[i]:.2f}%", str(int(result.confusion[i].sum())))
     console.print(table)
     console.print(
         f"[bold]top-1 {result.top1:.2f}%[/]  top-5 {result.top5:.2f}%  loss {result.loss:.4f}\nconfusion matrix: {png}"

@@ -1,41 +1,99 @@
-"""``glocal export NAME --format onnx|torchscript|program --output PATH``."""
+"""``glocal export --checkpoint PATH --format onnx|torchscript|program``: a deployable graph, checked against eager."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 import torch
 
-from glocal.export import example_input, export_onnx, export_program, export_torchscript
+from glocal.cli._args import add_checkpoint, add_img_size, add_model, img_size
+from glocal.export import (
+    example_input,
+    export_onnx,
+    export_program,
+    export_torchscript,
+    max_export_diff,
+    min_dynamic_size,
+)
 from glocal.factory import create_model
+from glocal.weights.io import atomic_path
+
+_log = logging.getLogger(__name__)
+
+_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "program": ".pt2"}
+_RUNNERS = {"onnx": "onnxruntime", "torchscript": "TorchScript", "program": "the exported program"}
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="export a model to ONNX, TorchScript or a torch.export program",
-        description="Export a registered model (optionally with weights from --checkpoint) for deployment. ONNX and "
-        "torch.export graphs take any height and width the model accepts; TorchScript is traced.",
+        help="export a model to ONNX, TorchScript or a torch.export program, checked against eager",
+        description="Export the model of --checkpoint (rebuilt from it, with its trained classifier: a checkpoint "
+        "whose classifier does not fit is refused, never replaced by a random one), or a registered --model at "
+        "initialisation. ONNX and torch.export graphs take any batch, height and width the model accepts from "
+        "64 px (smaller examples export at a fixed size); TorchScript is traced. The exported graph is run on the "
+        "example input and its largest difference from eager mode is printed.",
     )
-    p.add_argument("name", metavar="NAME", help="registered model name")
-    p.add_argument("--format", choices=("onnx", "torchscript", "program"), default="onnx")
-    p.add_argument("--output", required=True, help="file to write (.onnx, .pt or .pt2)")
-    p.add_argument("--checkpoint", default=None, help="weights to load first (any format load_checkpoint accepts)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="example input size")
+    add_checkpoint(p, what="weights: a model folder (a run's model/), a run's last.pt, or any checkpoint glocal loads")
+    add_model(p, what="registered model name; with --checkpoint optional (its model, which it must not contradict)")
+    p.add_argument("--format", choices=tuple(_SUFFIXES), default="onnx", help="what to write")
+    p.add_argument("--output", metavar="PATH", help="file to write (default: beside the checkpoint, or NAME.onnx/.pt2)")
+    p.add_argument("--num-classes", type=int, help="classifier size without --checkpoint (default 1000)")
+    add_img_size(p, "example input size (default: the checkpoint's, else the model's)")
+    p.add_argument("--ema", action="store_true", help="export a training state's EMA weights")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or 18)")
     p.add_argument("--static", action="store_true", help="fix the input size instead of dynamic height/width")
     p.set_defaults(run=run)
 
 
+def _output(args: argparse.Namespace, name: str) -> Path:
+    if args.output:
+        return Path(args.output)
+    suffix = _SUFFIXES[args.format]
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        return ckpt.with_name(ckpt.name.split(".")[0] + suffix)
+    return Path(name + suffix)
+
+
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.name, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
-    x = example_input(model, tuple(args.img_size) if args.img_size else None)
+    if args.checkpoint is None and args.model is None:
+        raise ValueError("give --checkpoint PATH (a trained model) or --model NAME (a model at initialisation)")
+    if args.checkpoint is not None and args.num_classes is not None:
+        raise ValueError("--num-classes applies without --checkpoint only: the checkpoint's classifier is exported")
+    size = {"img_size": args.img_size} if args.img_size is not None else {}
+    model = create_model(
+        args.model, checkpoint=args.checkpoint, ema=args.ema, num_classes=args.num_classes, new_classifier=False, **size
+    ).eval()
+    if args.checkpoint is None:
+        _log.warning("no --checkpoint: exporting %s with randomly initialised weights", model.model_name)
+    hw = img_size(args.img_size) or tuple(model.data_config.input_size[-2:])
+    dynamic = not args.static
+    if dynamic and min(hw) < min_dynamic_size(model):
+        low = min_dynamic_size(model)
+        print(
+            f"note: dynamic sizes need an example of at least {low}x{low} px for {model.model_name}; exporting at "
+            f"the fixed size {hw[0]}x{hw[1]} (give --img-size {low} or more for a graph that takes any size)"
+        )
+        dynamic = False
+    torch.manual_seed(0)
+    x = example_input(model, hw, batch_size=2 if dynamic else 1)
+    out = _output(args, model.model_name)
     if args.format == "onnx":
-        export_onnx(model, args.output, x, opset=args.opset, dynamic=not args.static)
+        export_onnx(model, out, x, opset=args.opset, dynamic=dynamic)
     elif args.format == "torchscript":
-        export_torchscript(model, args.output, x)
+        export_torchscript(model, out, x)
     else:
-        torch.export.save(export_program(model, x, dynamic=not args.static), args.output)
-    print(f"wrote {args.format} export of {args.name} to {args.output}")
+        program = export_program(model, x, dynamic=dynamic)
+        with atomic_path(out) as tmp:
+            torch.export.save(program, str(tmp))
+    diff = max_export_diff(model, out, args.format, x)
+    weights = f"weights of {args.checkpoint}" if args.checkpoint else "random weights"
+    print(
+        f"wrote {args.format} export of {model.model_name} ({model.num_classes} classes, {weights}) to {out}\n"
+        f"max |{_RUNNERS[args.format]} - eager| = {diff:.2e} on a {'x'.join(map(str, x.shape))} input"
+        f"{' (dynamic batch, height and width)' if dynamic else ' (fixed size)'}"
+    )
     return 0

@@ -7,6 +7,7 @@ Under ``torchrun --nproc_per_node N glocal train ...`` every process runs this c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,13 +15,15 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from glocal.engine import Callback, TrainConfig, load_recipe, train
+from glocal.cli._args import add_checkpoint, add_img_size, add_model
+from glocal.engine.config import TrainConfig, load_recipe
+from glocal.engine.progress import Callback
 
 # Flags that map one-to-one onto TrainConfig fields (flag dest -> field); None means "not given".
 _FIELDS = (
-    "model", "data", "epochs", "batch_size", "img_size", "output", "checkpoint", "max_steps", "lr", "optimizer",
-    "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "clip_grad", "ema_decay", "amp",
-    "device", "workers", "threads", "seed",
+    "model", "data", "epochs", "batch_size", "img_size", "output", "checkpoint", "max_steps", "lr", "lr_base_size",
+    "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "clip_grad",
+    "ema_decay", "amp", "device", "workers", "threads", "seed",
 )  # fmt: skip
 
 
@@ -30,34 +33,46 @@ def add_parser(sub, name: str) -> None:
         help="train or fine-tune a model (default data: the bundled handwritten digits)",
         description="Train MODEL on an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) or, without --data, "
         "on scikit-learn's handwritten digits (1,797 images, 10 classes). A recipe (-c) sets defaults; flags win. "
-        "Writes last.pt (resumable training state), log.jsonl and config.yaml to --output.",
+        "Writes last.pt (resumable training state), model/ (the final weights, live or EMA, whichever validates "
+        "better), best/ (the best epoch), log.jsonl, curves.png and config.yaml to --output.",
     )
     p.add_argument("-c", "--config", metavar="RECIPE.yaml", help="training recipe (see configs/)")
-    p.add_argument("--model", help="registered model name (see `glocal list`)")
+    add_model(p, what="registered model name (see `glocal list`); optional with --checkpoint, which knows its own")
     p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
-    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--epochs", type=int, help=_default("epochs"))
+    p.add_argument("--batch-size", type=int, help="global batch size, split across processes" + _default("batch_size"))
+    add_img_size(p, "input size (default: the checkpoint's, else the model's)")
     p.add_argument("--output", metavar="DIR", help="run folder (default: runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
-    p.add_argument("--checkpoint", metavar="PATH", help="fine-tune from these weights (classifier re-made)")
+    add_checkpoint(p, what="fine-tune from these weights (a model folder, last.pt or any file glocal loads); the "
+                   "classifier is re-made for the data's classes")  # fmt: skip
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--lr", type=float, help="peak learning rate for the global batch")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"))
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=("cosine", "step", "constant"))
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--mixup", type=float, metavar="ALPHA")
-    p.add_argument("--cutmix", type=float, metavar="ALPHA")
+    p.add_argument("--lr", type=float, help="peak learning rate, for --lr-base-size images" + _default("lr"))
+    p.add_argument(
+        "--lr-base-size",
+        type=int,
+        metavar="IMAGES",
+        help="the batch --lr is given for; scaled linearly to the global batch (recipes: 256 SGD, 512 AdamW; "
+        "default: --lr is for the global batch as it is)",
+    )
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help=_default("optimizer"))
+    p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"), help=_default("schedule"))
+    p.add_argument("--warmup-epochs", type=float, help=_default("warmup_epochs"))
+    p.add_argument("--label-smoothing", type=float, help=_default("label_smoothing"))
+    p.add_argument("--mixup", type=float, metavar="ALPHA", help=_default("mixup"))
+    p.add_argument("--cutmix", type=float, metavar="ALPHA", help=_default("cutmix"))
     p.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (models that have it)")
-    p.add_argument("--clip-grad", type=float, metavar="NORM")
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), help="mixed precision (auto: bf16 on CUDA)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, help="data loading processes")
-    p.add_argument("--threads", type=int, help="CPU threads per process (default: one per core)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm (default: no clipping)")
+    p.add_argument("--ema-decay", type=float, help="keep an EMA of the weights, with a warmup (default: no EMA)")
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), help="mixed precision; auto: bf16 on CUDA"
+                   + _default("amp"))  # fmt: skip
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=_default("device"))
+    p.add_argument("--workers", type=int, help="data loading processes (default: 0 for the digits, else up to 8 of "
+                   "the CPUs this process may use)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: the CPUs this process may use, "
+                   "shared among this node's processes, less the workers)")  # fmt: skip
+    p.add_argument("--seed", type=int, help=_default("seed"))
     p.add_argument(
         "--set",
         action="append",
@@ -69,11 +84,24 @@ def add_parser(sub, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def _default(name: str) -> str:
+    """`` (default: X)``: the training config's default for a flag that is otherwise None (a recipe may set it)."""
+    value = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+    return f" (default: {value}, or the recipe's)"
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """The run's saved config (with ``--resume``), then the recipe, then ``--set`` values, then explicit flags."""
     values = {}
-    saved = Path(args.output) / "config.yaml" if args.resume and args.output else None
-    if saved is not None and saved.is_file():
+    if args.resume:
+        if not args.output:
+            raise ValueError("--resume needs --output DIR: the folder of the run to continue")
+        saved = Path(args.output) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(
+                f"nothing to resume: {args.output!r} holds no run (no config.yaml and last.pt written by `glocal "
+                f"train`); check the folder, or start a run there without --resume"
+            )
         values = load_recipe(saved)
     if args.config:
         values |= load_recipe(args.config)
@@ -128,6 +156,8 @@ class _ProgressBar(Callback):
 
 
 def run(args: argparse.Namespace) -> int:
+    from glocal.engine.trainer import train
+
     cfg = resolve_config(args)
     console = Console()
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -138,16 +168,21 @@ def run(args: argparse.Namespace) -> int:
     if result.skipped_files:
         console.print(f"[yellow]skipped {len(result.skipped_files)} unreadable file(s); see the warnings above[/]")
     if result.val is not None:
-        which = "EMA weights" if cfg.ema_decay else "weights"
-        console.print(
+        line = (
             f"[bold]validation top-1 {result.val.top1:.2f}%[/] (top-5 {result.val.top5:.2f}%, loss "
-            f"{result.val.loss:.4f}, {result.val.count} images, {which}) after {result.steps} steps in "
-            f"{result.seconds:.0f} s",
-            soft_wrap=True,
+            f"{result.val.loss:.4f}, {result.val.count} images, {result.saved_weights} weights) after {result.steps} "
+            f"steps in {result.seconds:.0f} s"
         )
+        if result.ema_val is not None:
+            line += (
+                f"\nlive weights top-1 {result.live_val.top1:.2f}%, EMA weights top-1 {result.ema_val.top1:.2f}%: "
+                f"model/ holds the {result.saved_weights} weights"
+            )
+        console.print(line, soft_wrap=True)
     console.print(
         f"checkpoint: {result.checkpoint} (resume with --resume --output {result.output_dir})\n"
-        f"weights:    {result.weights}\nlog:        {result.log}\nconfig:     {result.config}",
+        f"weights:    {result.weights}\nbest:       {result.best}\nlog:        {result.log}\n"
+        f"curves:     {result.curves}\nconfig:     {result.config}",
         soft_wrap=True,
     )
     return 0

@@ -1,9 +1,11 @@
 """Training-state checkpoints: written atomically, read without unpickling anything but tensors and plain data.
 
 A training state (``last.pt``) holds the model, optimiser, scheduler, gradient scaler and EMA (``model_ema``) state
-dicts, the epoch and step to continue from, and the RNG states, so ``--resume`` continues a run killed at any
-moment. It is written to a temporary file in the same folder, flushed with ``fsync`` and renamed over the old one with
-``os.replace``: a crash leaves either the previous checkpoint or the new one, never a torn file.
+dicts, the epoch and step to continue from, the RNG states, and the model's ``config.json`` content (so
+:func:`glocal.weights.open_checkpoint` rebuilds the model from it as from a model folder), so ``--resume``
+continues a run killed at any moment. It is written to a temporary file in the same folder, flushed with ``fsync``
+and renamed over the old one with ``os.replace``: a crash leaves either the previous checkpoint or the new one,
+never a torn file.
 """
 
 from __future__ import annotations
@@ -14,21 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from glocal.weights import open_checkpoint
 from glocal.weights.io import atomic_path
 
-__all__ = [
-    "STATE_FORMAT",
-    "atomic_save",
-    "capture_rng",
-    "is_train_state",
-    "load_model_weights",
-    "load_train_state",
-    "restore_rng",
-]
-
-STATE_FORMAT = "glocal-train-state-v1"
+__all__ = ["atomic_save", "capture_rng", "load_train_state", "restore_rng"]
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -60,35 +52,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Read a training state written by the engine; tensors and plain data only (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not is_train_state(state):
+    """Read a training state written by the engine (through :func:`glocal.weights.open_checkpoint`: tensors and
+    plain data only)."""
+    ckpt = open_checkpoint(path)
+    if ckpt.train_state is None:
         raise ValueError(f"{str(path)!r} is not a glocal training state (written by `glocal train`)")
-    return state
-
-
-def is_train_state(state: Any) -> bool:
-    return isinstance(state, dict) and state.get("format") == STATE_FORMAT
-
-
-def load_model_weights(model: nn.Module, path: str | Path, ema: bool = False):
-    """Load weights into ``model`` with ``glocal.load_checkpoint``: a training state (``last.pt``, whose ``model``
-    and ``model_ema`` entries it reads), glocal's folders, the official repositories' and timm's files.
-
-    ``ema`` picks the EMA weights. A classifier of another shape (fine-tuning on other classes) keeps the model's
-    fresh initialisation; any other mismatch raises ``CheckpointError`` listing the keys. Returns the
-    ``LoadResult`` (which modules were re-initialised).
-    """
-    from glocal.weights import load_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if ema and path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if is_train_state(state) and state.get("model_ema") is None:
-            raise ValueError(f"{str(path)!r} holds no EMA weights (the run had no ema_decay)")
-    return load_checkpoint(model, path, ema=ema)
+    return ckpt.train_state

@@ -18,16 +18,18 @@ class TrainConfig:
     """Everything a training run depends on. Saved as ``config.yaml`` beside the checkpoints.
 
     ``batch_size`` is the global batch: data-parallel ranks split it, so a recipe means the same optimisation on any
-    number of processes. Learning rates are for that global batch.
+    number of processes. ``lr`` and ``min_lr`` are for ``lr_base_size`` images and scaled linearly to the global
+    batch (Goyal et al. 2017; DeiT's lr 5e-4 x batch / 512); without ``lr_base_size`` they are used as given.
     """
 
-    model: str
+    # Registered model name; None takes the one saved in ``checkpoint``.
+    model: str | None = None
     # create_model overrides: run-time options (drop_path_rate, drop_rate) or architecture fields (depths, widths).
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # ImageFolder root with train/ and val/ class folders; None trains on the bundled digits.
     data: str | None = None
-    # Input size; None takes the model's default (data_config.input_size).
-    img_size: int | None = None
+    # Input size, S or [H, W]; None takes the checkpoint's, else the model's default (data_config.input_size).
+    img_size: int | tuple[int, int] | None = None
     # Fine-tuning: initial weights from any checkpoint glocal can load; the classifier is re-made for the new classes.
     checkpoint: str | None = None
     output: str | None = None
@@ -36,9 +38,10 @@ class TrainConfig:
     batch_size: int = 128
     # Stop after this many optimiser steps in all (None: run every epoch); a checkpoint is written on stopping.
     max_steps: int | None = None
-    workers: int = 0
-    # Intra-op CPU threads per process; None keeps torch's default (one per core). Small models run as fast on one
-    # thread, and a shared or oversubscribed machine runs them far faster so (threads spin-wait for each other).
+    # Data-loading processes; None: none for the in-memory digits, else up to 8 of the CPUs this process may use.
+    workers: int | None = None
+    # Intra-op CPU threads per process; None: the CPUs this process may use (os.sched_getaffinity and the cgroup
+    # quota, not the machine's core count) shared among the processes of this node, less the data workers.
     threads: int | None = None
     seed: int = 0
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
@@ -47,6 +50,8 @@ class TrainConfig:
 
     optimizer: str = "sgd"  # 'sgd' (momentum, Nesterov optional) | 'adamw'
     lr: float = 0.1
+    # The batch size ``lr`` and ``min_lr`` are given for (256 for SGD recipes, 512 for DeiT's); None: as given.
+    lr_base_size: int | None = None
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -58,6 +63,8 @@ class TrainConfig:
     step_gamma: float = 0.1
     clip_grad: float | None = None
     ema_decay: float | None = None
+    # Ramp the EMA decay up with the step count (ModelEmaV3's warmup), so a short run's average is not its init.
+    ema_warmup: bool = True
 
     label_smoothing: float = 0.0
     mixup: float = 0.0
@@ -81,8 +88,11 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, names, n=2)
                 hints.append(f"{key!r} (did you mean {', '.join(close)}?)" if close else repr(key))
             raise ValueError(f"unknown training option(s): {', '.join(hints)}; see `glocal train --help`")
-        if "model" not in values or not values["model"]:
-            raise ValueError("the training config needs a model name (--model NAME or `model:` in the recipe)")
+        if not values.get("model") and not values.get("checkpoint"):
+            raise ValueError(
+                "the training config needs a model name (--model NAME or `model:` in the recipe) or a --checkpoint "
+                "that holds one"
+            )
         converted = {k: tuple(v) if isinstance(v, list) and k != "model_kwargs" else v for k, v in values.items()}
         return cls(**converted)
 
@@ -100,6 +110,18 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.lr_base_size is not None and self.lr_base_size < 1:
+            raise ValueError(f"lr_base_size must be a positive number of images, got {self.lr_base_size}")
+        size = self.img_size
+        sizes = (size,) if isinstance(size, int) else tuple(size) if size is not None else (1,)
+        if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"img_size must be one positive size or [height, width], got {size!r}")
+
+    def scaled_lr(self) -> tuple[float, float]:
+        """The peak and final learning rates for the global batch (``lr`` and ``min_lr`` scaled from
+        ``lr_base_size`` images)."""
+        factor = self.batch_size / self.lr_base_size if self.lr_base_size else 1.0
+        return self.lr * factor, self.min_lr * factor
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

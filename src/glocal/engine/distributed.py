@@ -7,6 +7,7 @@ on CPU.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "setup"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "available_cpus",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "cpus_per_process",
+    "setup",
+]
 
 
 @dataclass(frozen=True)
@@ -75,3 +85,26 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``os.sched_getaffinity``, what ``taskset``, containers
+    and batch schedulers restrict), capped by a cgroup v2 CPU quota (``cpu.max``). Not ``os.cpu_count()``, the
+    machine's, whose threads a restricted process can only oversubscribe."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(cpus, 1)
+
+
+def cpus_per_process() -> int:
+    """This process's share of :func:`available_cpus` among the processes ``torchrun`` started on this node."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, available_cpus() // max(local_world, 1))

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from glocal.data.transforms import center_crop, normalize
 from glocal.engine.distributed import DistInfo, all_reduce_sum
 
-__all__ = ["EvalResult", "autocast", "eval_view", "evaluate", "save_confusion_png"]
+__all__ = ["EvalResult", "autocast", "eval_view", "evaluate", "save_confusion_png", "save_curves_png"]
 
 
 @dataclass
@@ -125,6 +125,34 @@ def save_confusion_png(result: EvalResult, path: str | Path, title: str = "") ->
                 if value:
                     color = "white" if value > threshold else "black"
                     ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_curves_png(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and top-1 per epoch (training, validation, and the EMA's validation when kept) from ``log.jsonl``
+    records, side by side in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in ((loss_ax, "loss"), (top1_ax, "top1")):
+        for key, label in ((f"train_{metric}", "train"), (f"val_{metric}", "val"), (f"ema_val_{metric}", "val, EMA")):
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 %" if metric == "top1" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_yscale("log")
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

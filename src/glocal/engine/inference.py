@@ -1,20 +1,26 @@
-"""Rebuild a trained model for evaluation or prediction, with its classes and input view, from a checkpoint."""
+"""Rebuild a trained model for evaluation or prediction, with its classes and input view, from its checkpoint alone.
+
+Nothing here imports the training code: a model folder, a training state or a foreign file is opened once by
+:func:`glocal.weights.open_checkpoint`, and the model is rebuilt by :func:`glocal.create_model` from what the
+checkpoint says (model, architecture, classes, input size, preprocessing), refusing a classifier it cannot fill.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from glocal.data.datasets import DIGITS_CLASSES
-from glocal.engine.checkpoint import is_train_state, load_model_weights
 from glocal.engine.evaluate import eval_view
-from glocal.engine.trainer import build_model, eval_crop_pct
+from glocal.factory import create_model
+from glocal.weights import Checkpoint, open_checkpoint
 
 __all__ = ["Restored", "predict", "restore_model"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,46 +33,38 @@ class Restored:
     crop_pct: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    checkpoint: Checkpoint
 
 
 def restore_model(
-    name: str,
-    checkpoint: str | Path,
+    checkpoint: str | os.PathLike | Checkpoint,
     *,
+    model: str | None = None,
     classes: tuple[str, ...] | None = None,
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
     ema: bool = False,
 ) -> Restored:
-    """Build ``name`` and load ``checkpoint``.
+    """Rebuild the model of ``checkpoint`` with its classifier (never a re-initialised one).
 
-    From a training state (``last.pt``) the run's classes, architecture overrides, input size and crop come with
-    it. Any other checkpoint (loaded by ``glocal.load_checkpoint``) needs ``classes`` (their count sets the head;
-    default: the bundled digits' ten).
+    ``model`` is needed only for checkpoints that do not name theirs (foreign files) and must not contradict one
+    that does. The class names are the checkpoint's, else ``classes`` (their count must be the classifier's), else
+    ``"0"``, ``"1"``... with a warning. ``img_size`` overrides the saved input size.
     """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    run: dict = {}
-    if path.is_file() and path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if is_train_state(state):
-            run = json.loads(state["config"])
-            if run["model"] != name:
-                raise ValueError(f"{str(path)!r} was trained as {run['model']!r}, not {name!r}")
-            classes = tuple(state["classes"])
-    classes = classes or DIGITS_CLASSES
-    size = img_size or run.get("img_size")
-    model = build_model(name, len(classes), size, run.get("model_kwargs", {}))
-    loaded = load_model_weights(model, path, ema=ema)
-    if loaded.reinitialised:
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, ema=ema)
+    size = {"img_size": img_size} if img_size is not None else {}
+    num_classes = len(classes) if classes is not None and ckpt.num_classes is None else None
+    net = create_model(model, checkpoint=ckpt, num_classes=num_classes, new_classifier=False, **size).eval()
+    if classes is not None and len(classes) != net.num_classes:
         raise ValueError(
-            f"{str(path)!r} has a classifier for another number of classes than {len(classes)}; "
-            "give the class names (--classes, or --data with the class folders)"
+            f"{len(classes)} class names given, but {ckpt.path} has a classifier for {net.num_classes} classes"
         )
-    cfg = model.data_config
-    hw = (size, size) if size else tuple(cfg.input_size[-2:])
-    crop_pct = eval_crop_pct(run.get("crop_pct"), run.get("data"), cfg.crop_pct) if run else cfg.crop_pct
-    return Restored(model.eval(), classes, hw, crop_pct, cfg.mean, cfg.std)
+    if classes is None:
+        classes = ckpt.classes
+    if classes is None:
+        _log.warning("%s carries no class names; labelling classes by index (pass --classes A,B,...)", ckpt.path)
+        classes = tuple(str(i) for i in range(net.num_classes))
+    cfg = net.data_config
+    return Restored(net, tuple(classes), tuple(cfg.input_size[-2:]), cfg.crop_pct, cfg.mean, cfg.std, ckpt)
 
 
 @torch.no_grad()

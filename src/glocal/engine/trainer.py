@@ -15,7 +15,6 @@ the same augmentation draw, and DDP averages the gradients; with BatchNorm each 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import time
@@ -33,60 +32,110 @@ from torch.nn.parallel import DistributedDataParallel
 from glocal.data.datasets import ImageDataset, open_dataset
 from glocal.data.transforms import MixConfig, crop_params, mix_batch, normalize, one_hot, resized_crop
 from glocal.engine import distributed
-from glocal.engine.checkpoint import (
-    STATE_FORMAT,
-    atomic_save,
-    capture_rng,
-    load_model_weights,
-    load_train_state,
-    restore_rng,
-)
+from glocal.engine.checkpoint import atomic_save, capture_rng, load_train_state, restore_rng
 from glocal.engine.config import TrainConfig
 from glocal.engine.ema import ModelEma
-from glocal.engine.evaluate import EvalResult, autocast, evaluate
+from glocal.engine.evaluate import EvalResult, autocast, evaluate, save_curves_png
 from glocal.engine.optim import build_optimizer, build_scheduler
+from glocal.engine.progress import Callback
 from glocal.factory import create_model
+from glocal.models._base import to_2tuple
 from glocal.registry import get_entry
-from glocal.weights import save_checkpoint
+from glocal.weights import STATE_FORMAT, Checkpoint, checkpoint_config, open_checkpoint, save_checkpoint
 
-__all__ = ["Callback", "TrainResult", "build_model", "eval_crop_pct", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.jsonl"
+CURVES_NAME = "curves.png"
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model"
+BEST_NAME = "best"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the validation metrics became NaN or infinite; the message names the last good checkpoint."""
 
 
 @dataclass
 class TrainResult:
-    """Where a run left its files and how it ended. ``val`` is the last evaluation (of the EMA weights if kept)."""
+    """Where a run left its files and how it ended.
+
+    ``val`` is the evaluation of the weights saved in ``weights`` (``saved_weights``: ``"live"`` or ``"EMA"``, the
+    better of the two by validation top-1); ``live_val`` and ``ema_val`` are both final evaluations (``ema_val``
+    None without EMA). ``best`` is the folder of the best epoch by validation top-1.
+    """
 
     output_dir: Path
     checkpoint: Path
-    # The final weights (the EMA's when kept) in glocal's checkpoint format, for eval, predict and fine-tuning.
+    # The final weights in glocal's checkpoint format, for eval, predict, export and fine-tuning.
     weights: Path
+    best: Path
     log: Path
+    curves: Path
     config: Path
     epochs: int
     steps: int
     seconds: float
     val: EvalResult | None
+    live_val: EvalResult | None
+    ema_val: EvalResult | None
+    saved_weights: str
+    lr: float
     skipped_files: list[str]
 
 
-class Callback:
-    """Progress hooks the command line implements (progress bar); the engine itself only logs epoch summaries."""
+@dataclass
+class _Run:
+    """A run once set up: its config, model, optimisation state, data, files and position."""
 
-    def on_epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        """Epoch ``epoch`` (1-based) of ``epochs`` starts with ``done`` of its ``steps`` already run (resume)."""
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    out: Path
+    model: nn.Module
+    net: nn.Module
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    train_set: ImageDataset
+    val_set: ImageDataset
+    img_size: tuple[int, int]
+    crop_pct: float
+    amp_dtype: torch.dtype | None
+    local_batch: int
+    steps_per_epoch: int
+    lr: float
+    writer: Any
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+    # The (epoch, global step) that last.pt holds, once written or resumed from.
+    saved_at: tuple[int, int] | None = None
+    last_eval: tuple[EvalResult, EvalResult | None] | None = None
 
-    def on_step(self, metrics: dict[str, float]) -> None:
-        """After every optimiser step: running ``loss``, ``top1`` (percent), ``images_per_s`` and ``lr``."""
+    @property
+    def state_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        """The epoch's log record (what ``log.jsonl`` gets)."""
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_NAME
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.train_set.classes)
+
+    def eval_args(self) -> dict[str, Any]:
+        data_config = self.model.data_config
+        return dict(
+            img_size=self.img_size, crop_pct=self.crop_pct, mean=data_config.mean, std=data_config.std,
+            batch_size=self.local_batch, device=self.info.device, amp_dtype=self.amp_dtype, info=self.info,
+            workers=self.cfg.workers,
+        )  # fmt: skip
 
 
 def _seed(*parts: int) -> int:
@@ -102,18 +151,7 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def build_model(name: str, num_classes: int, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
-    """``create_model`` with the run's classes, input size (for models taking ``img_size``) and overrides."""
-    kwargs = dict(model_kwargs)
-    entry = get_entry(name)
-    takes_size = "img_size" in inspect.signature(entry.model_cls.__init__).parameters
-    takes_size = takes_size or "img_size" in {f.name for f in dataclasses.fields(entry.config())}
-    if img_size is not None and takes_size:
-        kwargs.setdefault("img_size", img_size)
-    return create_model(name, num_classes=num_classes, **kwargs)
-
-
-def eval_crop_pct(crop_pct: float | None, data: str | None, model_crop_pct: float) -> float:
+def _eval_crop_pct(crop_pct: float | None, data: str | None, model_crop_pct: float) -> float:
     """The evaluation crop: the configured one, else 1.0 for the bundled digits (each 8x8 image is already a tight
     crop of its digit), else the model's ``data_config.crop_pct``."""
     if crop_pct is not None:
@@ -155,194 +193,295 @@ def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
+def _cpu_settings(cfg: TrainConfig) -> TrainConfig:
+    """``workers`` and ``threads`` filled in from the CPUs this process may use, never more than it has."""
+    cpus = distributed.cpus_per_process()
+    workers = cfg.workers
+    if workers is None:
+        workers = 0 if cfg.data is None else min(8, cpus - 1)
+    elif workers > cpus:
+        logger.warning("workers %d > the %d CPU(s) this process may use; using %d", workers, cpus, cpus)
+        workers = cpus
+    threads = cfg.threads if cfg.threads is not None else max(1, cpus - workers)
+    logger.info("CPU: %d thread(s), %d data worker(s) (%d CPU(s) available to this process)", threads, workers, cpus)
+    return dataclasses.replace(cfg, workers=workers, threads=threads)
+
+
 def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
-    """Train (or fine-tune, or resume) ``cfg.model`` as ``cfg`` says; returns where the files are and the metrics."""
+    """Train (or fine-tune, or resume) ``cfg.model`` as ``cfg`` says; returns where the files are and the metrics.
+
+    The steps: :func:`_set_up` (model, data, optimiser, resume), then per epoch :func:`_train_epoch` and
+    :func:`_evaluate_and_checkpoint`, then :func:`_finish` (final weights, curves). A PNG of the curves is written
+    beside ``log.jsonl`` however the run ends."""
     cfg.validate()
     callback = callback or Callback()
     info = distributed.setup(cfg.device)
     if info.device.type == "cpu":
         # Small weights and momenta decay into denormal floats, which x86 CPUs process up to 100x slower.
         torch.set_flush_denormal(True)
+    cfg = _cpu_settings(cfg)
     threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
+    start, run = time.perf_counter(), None
     try:
-        return _train(cfg, callback, info)
+        run = _set_up(cfg, info)
+        while run.epoch < cfg.epochs and (cfg.max_steps is None or run.global_step < cfg.max_steps):
+            sums, seconds = _train_epoch(run, callback)
+            callback.on_epoch_end(_evaluate_and_checkpoint(run, sums, seconds))
+        return _finish(run, start)
     finally:
+        if run is not None and info.is_main:
+            _write_curves(run)
+            if run.writer is not None:
+                run.writer.close()
         torch.set_num_threads(threads)
         distributed.cleanup(info)
 
 
-def _train(cfg: TrainConfig, callback: Callback, info: distributed.DistInfo) -> TrainResult:
-    start_time = time.perf_counter()
+def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
+    """Resolve the model and sizes, open the data, build the model (fine-tuning: from ``cfg.checkpoint``), the
+    optimiser, schedule and EMA, and restore all of it from ``last.pt`` when resuming."""
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} (global) must divide among {info.world_size} processes")
-    local_batch = cfg.batch_size // info.world_size
-    device = info.device
-    amp_dtype = _amp_dtype(cfg.amp, device)
-
+    source: Checkpoint | None = None
+    if cfg.checkpoint is not None and not cfg.resume:
+        source = open_checkpoint(cfg.checkpoint)
+        if cfg.model is None:
+            cfg = dataclasses.replace(cfg, model=source.model_name)
+    if cfg.model is None:
+        raise ValueError(f"the checkpoint {cfg.checkpoint} does not say which model it holds; pass --model NAME")
     get_entry(cfg.model)  # an unknown name fails here, suggesting close ones
+    size = cfg.img_size or (source.input_size if source is not None else None)
+    size_kwargs = {"img_size": size if isinstance(size, int) else tuple(size)} if size else {}
     with torch.device("meta"):
-        data_config = build_model(cfg.model, 1, cfg.img_size, cfg.model_kwargs).data_config
-    img_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(data_config.input_size[-2:])
-    crop_pct = eval_crop_pct(cfg.crop_pct, cfg.data, data_config.crop_pct)
+        probe = create_model(cfg.model, num_classes=1, **{**cfg.model_kwargs, **size_kwargs})
+    img_size = to_2tuple(size) if size else tuple(probe.data_config.input_size[-2:])
+    crop_pct = _eval_crop_pct(cfg.crop_pct, cfg.data, probe.data_config.crop_pct)
     train_set, val_set = _open_splits(cfg, load_size=round(max(img_size) / crop_pct))
-    num_classes = len(train_set.classes)
     out = _resolve_output(cfg, info)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes, cfg.img_size, cfg.model_kwargs)
-    if cfg.checkpoint is not None and not cfg.resume:
-        load_model_weights(model, cfg.checkpoint)
-    model.to(device)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
-    optimizer = build_optimizer(model, cfg)
+    kwargs = {**cfg.model_kwargs, **size_kwargs}
+    model = create_model(cfg.model, num_classes=len(train_set.classes), checkpoint=source, **kwargs)
+    # The view the model is trained and evaluated on is what its saved folders tell eval, predict and export.
+    model.data_config = dataclasses.replace(
+        model.data_config, input_size=(model.in_chans, *img_size), crop_pct=crop_pct
+    )
+    model.to(info.device)
+    lr, min_lr = cfg.scaled_lr()
+    if cfg.lr_base_size:
+        logger.info(
+            "learning rate %g per %d images, scaled to the global batch of %d: %g (final %g)",
+            cfg.lr, cfg.lr_base_size, cfg.batch_size, lr, min_lr,
+        )  # fmt: skip
+    scaled = dataclasses.replace(cfg, lr=lr, min_lr=min_lr, lr_base_size=None)
+    optimizer = build_optimizer(model, scaled)
     steps_per_epoch = len(train_set) // cfg.batch_size  # the last partial batch is dropped
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    start_epoch, start_step, global_step = 0, 0, 0
-    if cfg.resume:
-        state = load_train_state(out / CHECKPOINT_NAME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["model_ema"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        restore_rng(state["rng"])
-        logger.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
-
-    log_path, config_path = out / LOG_NAME, out / CONFIG_NAME
-    writer = None
-    if info.is_main:
-        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        _truncate_log(log_path, start_epoch)
-        writer = _tensorboard(out)
+    scheduler = build_scheduler(optimizer, scaled, steps_per_epoch, cfg.epochs * steps_per_epoch)
+    amp_dtype = _amp_dtype(cfg.amp, info.device)
     net = model
     if info.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    mix_cfg = MixConfig(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
-    mean, std = data_config.mean, data_config.std
-    val_result = None
-    state_path = out / CHECKPOINT_NAME
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps is not None and global_step >= cfg.max_steps:
-            break
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(_seed(cfg.seed, 0, epoch)))
-        first = start_step if epoch == start_epoch else 0
-        last = steps_per_epoch
-        if cfg.max_steps is not None:
-            last = min(last, first + cfg.max_steps - global_step)
-        batches = [order[_rank_slice(s * cfg.batch_size, local_batch, info)].tolist() for s in range(first, last)]
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=cfg.workers)
-        callback.on_epoch_start(epoch + 1, cfg.epochs, steps_per_epoch, first)
-        net.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-        epoch_start = time.perf_counter()
-        for step, (images, labels) in enumerate(loader, start=first):
-            step_start = time.perf_counter()
-            generator = torch.Generator().manual_seed(_seed(cfg.seed, 1, epoch, step))
-            # The whole global batch's crops are drawn on every rank, each taking its own slice.
-            theta = crop_params(
-                cfg.batch_size, tuple(images.shape[-2:]), generator, cfg.crop_scale, cfg.crop_ratio, cfg.hflip
-            )[_rank_slice(0, local_batch, info)]
-            x = resized_crop(images.to(device).float(), theta.to(device), img_size)
-            x = normalize(x, mean, std)
-            targets = one_hot(labels, num_classes, cfg.label_smoothing).to(device)
-            x, targets = mix_batch(x, targets, mix_cfg, generator)
-            torch.manual_seed(_seed(cfg.seed, 2, epoch, step, info.rank))  # dropout and stochastic depth
-            with autocast(device, amp_dtype):
-                logits = net(x)
-            loss = _soft_cross_entropy(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            global_step += 1
-            n = len(labels)
-            sums += torch.tensor(
-                [loss.item() * n, (logits.argmax(1).cpu() == labels).sum().item(), n], dtype=torch.float64
-            )
-            callback.on_step(
-                {
-                    "loss": float(sums[0] / sums[2]),
-                    "top1": float(sums[1] / sums[2] * 100),
-                    "images_per_s": n * info.world_size / (time.perf_counter() - step_start),
-                    "lr": optimizer.param_groups[0]["lr"],
-                }
-            )
-        seconds = time.perf_counter() - epoch_start
-        sums = distributed.all_reduce_sum(sums.to(device), info).cpu()  # NCCL reduces CUDA tensors only
-        completed = last == steps_per_epoch
-        eval_args = dict(
-            img_size=img_size, crop_pct=crop_pct, mean=mean, std=std, batch_size=local_batch, device=device,
-            amp_dtype=amp_dtype, info=info, workers=cfg.workers,
-        )  # fmt: skip
-        val_result = evaluate(model, val_set, **eval_args)
-        record = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": float(sums[0] / max(sums[2], 1)),
-            "train_top1": float(sums[1] / max(sums[2], 1) * 100),
-            **{f"val_{k}": v for k, v in val_result.summary().items()},
-            "images_per_s": float(sums[2]) / seconds if seconds > 0 else 0.0,
-            "seconds": seconds,
-        }
-        if ema is not None:
-            val_result = evaluate(ema.module, val_set, **eval_args)
-            record |= {f"ema_val_{k}": v for k, v in val_result.summary().items()}
-        if info.is_main:
-            # The record first: a process killed before the checkpoint lands leaves a record the resume drops.
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            position = (epoch + 1, 0) if completed else (epoch, last)
-            atomic_save(
-                _train_state(cfg, model, optimizer, scheduler, scaler, ema, position, global_step, train_set.classes),
-                state_path,
-            )
-            if writer is not None:
-                for key, value in record.items():
-                    if key not in ("epoch", "step"):
-                        writer.add_scalar(key, value, global_step)
-                writer.flush()
-            logger.debug(
-                "epoch %d/%d: train loss %.4f top-1 %.2f%% | val loss %.4f top-1 %.2f%% top-5 %.2f%%",
-                epoch + 1, cfg.epochs, record["train_loss"], record["train_top1"], record["val_loss"],
-                record["val_top1"], record["val_top5"],
-            )  # fmt: skip
-        distributed.barrier(info)
-        callback.on_epoch_end(record)
-    weights_path = out / WEIGHTS_NAME
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+    run = _Run(
+        cfg=cfg, info=info, out=out, model=model, net=net,
+        ema=ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None,
+        optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
+        train_set=train_set, val_set=val_set, img_size=img_size, crop_pct=crop_pct, amp_dtype=amp_dtype,
+        local_batch=cfg.batch_size // info.world_size, steps_per_epoch=steps_per_epoch, lr=lr, writer=None,
+    )  # fmt: skip
+    if cfg.resume:
+        _restore(run, load_train_state(run.state_path))
     if info.is_main:
-        save_checkpoint(ema.module if ema is not None else model, weights_path)
-        if writer is not None:
-            writer.close()
-    distributed.barrier(info)
-    return TrainResult(
-        output_dir=out,
-        checkpoint=state_path,
-        weights=weights_path,
-        log=log_path,
-        config=config_path,
-        epochs=cfg.epochs,
-        steps=global_step,
-        seconds=time.perf_counter() - start_time,
-        val=val_result,
-        skipped_files=[*train_set.skipped, *val_set.skipped],
+        (out / CONFIG_NAME).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _truncate_log(run.log_path, run.epoch)
+        run.writer = _tensorboard(out)
+    return run
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state["model_ema"])
+    run.epoch, run.step_in_epoch, run.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+    run.best_top1 = state.get("best_top1", -1.0)
+    run.saved_at = (run.epoch, run.global_step)
+    restore_rng(state["rng"])
+    logger.info("resuming %s at epoch %d, step %d", run.out, run.epoch + 1, run.step_in_epoch)
+
+
+def _diverged(run: _Run, what: str) -> TrainingDiverged:
+    if run.saved_at is not None:
+        epoch, step = run.saved_at
+        kept = f"the last good checkpoint is kept: {run.state_path} ({epoch} epoch(s), step {step})"
+    else:
+        kept = "no checkpoint was written yet"
+    return TrainingDiverged(
+        f"training diverged: {what} (learning rate {run.optimizer.param_groups[0]['lr']:.3g} for a global batch of "
+        f"{run.cfg.batch_size}). Stopped; {kept}. Lower --lr (or give it per --set lr_base_size=256 images so it "
+        f"scales with the batch), add warmup (--warmup-epochs) or gradient clipping (--clip-grad)."
     )
+
+
+def _train_epoch(run: _Run, callback: Callback) -> tuple[torch.Tensor, float]:
+    """One epoch (or its remainder when resuming, or up to ``max_steps``); returns the (loss * n, correct, n) sums
+    over every rank and the seconds it took. Raises :class:`TrainingDiverged` on a non-finite loss."""
+    cfg, info, device, epoch = run.cfg, run.info, run.info.device, run.epoch
+    order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(_seed(cfg.seed, 0, epoch)))
+    first, last = run.step_in_epoch, run.steps_per_epoch
+    if cfg.max_steps is not None:
+        last = min(last, first + cfg.max_steps - run.global_step)
+    batches = [order[_rank_slice(s * cfg.batch_size, run.local_batch, info)].tolist() for s in range(first, last)]
+    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, num_workers=cfg.workers)
+    mix_cfg = MixConfig(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
+    num_classes, data_config = len(run.classes), run.model.data_config
+    callback.on_epoch_start(epoch + 1, cfg.epochs, run.steps_per_epoch, first)
+    run.net.train()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+    epoch_start = time.perf_counter()
+    for step, (images, labels) in enumerate(loader, start=first):
+        step_start = time.perf_counter()
+        generator = torch.Generator().manual_seed(_seed(cfg.seed, 1, epoch, step))
+        # The whole global batch's crops are drawn on every rank, each taking its own slice.
+        theta = crop_params(
+            cfg.batch_size, tuple(images.shape[-2:]), generator, cfg.crop_scale, cfg.crop_ratio, cfg.hflip
+        )[_rank_slice(0, run.local_batch, info)]
+        x = resized_crop(images.to(device).float(), theta.to(device), run.img_size)
+        x = normalize(x, data_config.mean, data_config.std)
+        targets = one_hot(labels, num_classes, cfg.label_smoothing).to(device)
+        x, targets = mix_batch(x, targets, mix_cfg, generator)
+        torch.manual_seed(_seed(cfg.seed, 2, epoch, step, info.rank))  # dropout and stochastic depth
+        with autocast(device, run.amp_dtype):
+            logits = run.net(x)
+        loss = _soft_cross_entropy(logits, targets)
+        if not torch.isfinite(loss):
+            raise _diverged(run, f"the training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.clip_grad is not None:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model, run.global_step)
+        run.global_step += 1
+        n = len(labels)
+        sums += torch.tensor([loss.item() * n, (logits.argmax(1).cpu() == labels).sum().item(), n], dtype=torch.float64)
+        callback.on_step(
+            {
+                "loss": float(sums[0] / sums[2]),
+                "top1": float(sums[1] / sums[2] * 100),
+                "images_per_s": n * info.world_size / (time.perf_counter() - step_start),
+                "lr": run.optimizer.param_groups[0]["lr"],
+            }
+        )
+    seconds = time.perf_counter() - epoch_start
+    sums = distributed.all_reduce_sum(sums.to(device), info).cpu()  # NCCL reduces CUDA tensors only
+    run.epoch, run.step_in_epoch = (epoch + 1, 0) if last == run.steps_per_epoch else (epoch, last)
+    return sums, seconds
+
+
+def _evaluate_and_checkpoint(run: _Run, sums: torch.Tensor, seconds: float) -> dict[str, Any]:
+    """Evaluate the live and EMA weights, append the epoch's record to ``log.jsonl``, write ``last.pt``, and
+    ``best/`` when the better of the two beats every earlier epoch. Returns the record."""
+    cfg = run.cfg
+    live = evaluate(run.model, run.val_set, **run.eval_args())
+    ema = evaluate(run.ema.module, run.val_set, **run.eval_args()) if run.ema is not None else None
+    run.last_eval = (live, ema)
+    epoch = run.epoch if run.step_in_epoch == 0 else run.epoch + 1
+    record = {
+        "epoch": epoch,
+        "step": run.global_step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": float(sums[0] / max(sums[2], 1)),
+        "train_top1": float(sums[1] / max(sums[2], 1) * 100),
+        **{f"val_{k}": v for k, v in live.summary().items()},
+        "images_per_s": float(sums[2]) / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+    }
+    if ema is not None:
+        record |= {f"ema_val_{k}": v for k, v in ema.summary().items()}
+    bad = [k for k in ("train_loss", "val_loss", "ema_val_loss") if k in record and not np.isfinite(record[k])]
+    if bad:
+        raise _diverged(run, f"{', '.join(f'{k} {record[k]}' for k in bad)} at epoch {epoch}")
+    if run.info.is_main:
+        # The record first: a process killed before the checkpoint lands leaves a record the resume drops.
+        with run.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        chosen, which, result = _better(run, live, ema)
+        if result.top1 > run.best_top1:
+            run.best_top1 = result.top1
+            save_checkpoint(chosen, run.out / BEST_NAME, classes=run.classes, metrics=_metrics(run, which, result))
+        atomic_save(_train_state(run), run.state_path)
+        run.saved_at = (run.epoch, run.global_step)
+        if run.writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step"):
+                    run.writer.add_scalar(key, value, run.global_step)
+            run.writer.flush()
+        logger.debug(
+            "epoch %d/%d: train loss %.4f top-1 %.2f%% | val loss %.4f top-1 %.2f%% top-5 %.2f%%",
+            epoch, cfg.epochs, record["train_loss"], record["train_top1"], record["val_loss"],
+            record["val_top1"], record["val_top5"],
+        )  # fmt: skip
+    distributed.barrier(run.info)
+    return record
+
+
+def _better(run: _Run, live: EvalResult, ema: EvalResult | None) -> tuple[nn.Module, str, EvalResult]:
+    """The EMA weights when they validate strictly better than the live ones, else the live weights."""
+    if ema is not None and ema.top1 > live.top1:
+        return run.ema.module, "EMA", ema
+    return run.model, "live", live
+
+
+def _metrics(run: _Run, which: str, result: EvalResult) -> dict[str, Any]:
+    epoch = run.epoch if run.step_in_epoch == 0 else run.epoch + 1
+    return {
+        "weights": which,
+        "epoch": epoch,
+        "step": run.global_step,
+        **{f"val_{k}": v for k, v in result.summary().items()},
+    }
+
+
+def _finish(run: _Run, start: float) -> TrainResult:
+    """Save the better of the live and EMA weights to ``model/`` and say which; the result of the run."""
+    if run.last_eval is None:  # nothing left to train (resuming a finished run): evaluate what there is
+        live = evaluate(run.model, run.val_set, **run.eval_args())
+        run.last_eval = (live, evaluate(run.ema.module, run.val_set, **run.eval_args()) if run.ema else None)
+    live, ema = run.last_eval
+    chosen, which, result = _better(run, live, ema)
+    weights_path = run.out / WEIGHTS_NAME
+    if run.info.is_main:
+        save_checkpoint(chosen, weights_path, classes=run.classes, metrics=_metrics(run, which, result))
+        if ema is not None:
+            logger.info(
+                "validation top-1: live weights %.2f%%, EMA weights %.2f%%; %s holds the %s weights",
+                live.top1, ema.top1, weights_path, which,
+            )  # fmt: skip
+    distributed.barrier(run.info)
+    return TrainResult(
+        output_dir=run.out, checkpoint=run.state_path, weights=weights_path, best=run.out / BEST_NAME,
+        log=run.log_path, curves=run.out / CURVES_NAME, config=run.out / CONFIG_NAME, epochs=run.cfg.epochs,
+        steps=run.global_step, seconds=time.perf_counter() - start, val=result, live_val=live,
+        ema_val=ema, saved_weights=which, lr=run.lr, skipped_files=[*run.train_set.skipped, *run.val_set.skipped],
+    )  # fmt: skip
+
+
+def _write_curves(run: _Run) -> None:
+    """``curves.png`` beside ``log.jsonl`` from its records (however the run ended)."""
+    if not run.log_path.is_file():
+        return
+    records = [json.loads(line) for line in run.log_path.read_text().splitlines() if line.strip()]
+    if records:
+        save_curves_png(records, run.out / CURVES_NAME, title=f"{run.cfg.model}: {run.out}")
 
 
 def _rank_slice(start: int, local_batch: int, info: distributed.DistInfo) -> slice:
@@ -350,21 +489,23 @@ def _rank_slice(start: int, local_batch: int, info: distributed.DistInfo) -> sli
     return slice(start + info.rank * local_batch, start + (info.rank + 1) * local_batch)
 
 
-def _train_state(cfg, model, optimizer, scheduler, scaler, ema, position, global_step, classes) -> dict[str, Any]:
-    """Everything ``--resume`` needs, as tensors and plain data; ``position`` is the (epoch, step) to continue at."""
+def _train_state(run: _Run) -> dict[str, Any]:
+    """Everything ``--resume`` needs, as tensors and plain data, and the live model's ``config.json`` content."""
     return {
         "format": STATE_FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "model_ema": ema.module.state_dict() if ema is not None else None,
-        "epoch": position[0],
-        "step_in_epoch": position[1],
-        "global_step": global_step,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "model_ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "epoch": run.epoch,
+        "step_in_epoch": run.step_in_epoch,
+        "global_step": run.global_step,
+        "best_top1": run.best_top1,
         "rng": capture_rng(),
-        "config": json.dumps(cfg.to_dict()),
-        "classes": list(classes),
+        "config": json.dumps(run.cfg.to_dict()),
+        "classes": list(run.classes),
+        "model_config": checkpoint_config(run.model, classes=run.classes),
     }
 
 

@@ -5,10 +5,11 @@
     my-model/
       model.safetensors   every tensor of model.state_dict(), glocal's names, header metadata {"format": "pt"}
       config.json         {"glocal_format": 1, "model_name", "config", "num_classes", "in_chans", "data_config",
-                           "glocal_version"}
+                           "classes", "glocal_version"} (and "metrics" where training wrote the folder)
 
 ``config.json`` holds what :func:`glocal.create_model` needs to rebuild the same architecture (the registered name
-and the family config with any overrides) and how images must reach it (``data_config``). Saving is atomic: both
+and the family config with any overrides), how images must reach it (``data_config``: the input size and crop it was
+trained and evaluated at, its normalisation) and the names of its classes. Saving is atomic: both
 files are written and fsync'd in a temporary sibling folder, which then replaces the target. Round trips are
 bit-exact: the tensors are stored as they are, in their dtype.
 """
@@ -21,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from glocal.weights.io import CheckpointError, write_bytes_atomic
 
 __all__ = [
     "CONFIG_NAME",
+    "checkpoint_config",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
     "is_glocal_checkpoint",
@@ -72,8 +75,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` to the folder ``path`` in glocal's format (replacing an existing checkpoint there atomically).
+def checkpoint_config(
+    model: nn.Module, *, classes: Sequence[str] | None = None, metrics: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``config.json`` content for ``model``: what rebuilds it, how images reach it, its class names."""
+    name = getattr(model, "model_name", None)
+    num_classes = getattr(model, "num_classes", None)
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names given for a model with {num_classes} classes")
+    config = {
+        "glocal_format": FORMAT_VERSION,
+        "model_name": name,
+        "architecture": type(model).__name__,
+        "config": _to_json(getattr(model, "cfg", None)),
+        "num_classes": num_classes,
+        "in_chans": getattr(model, "in_chans", None),
+        "data_config": _to_json(getattr(model, "data_config", None)),
+        "classes": list(classes) if classes is not None else None,
+        "glocal_version": _version(),
+    }
+    if metrics:
+        config["metrics"] = _to_json(metrics)
+    return config
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to the folder ``path`` in glocal's format (replacing an existing checkpoint there atomically),
+    with the names of its classes and, for a trained model, the metrics it was chosen by.
 
     Returns the folder's path.
     """
@@ -82,21 +116,12 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not is_glocal_checkpoint(path) and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a glocal checkpoint folder; refusing to replace it")
+    config = checkpoint_config(model, classes=classes, metrics=metrics)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    name = getattr(model, "model_name", None)
+    name = config["model_name"]
     if name is None:
         _log.warning("saving a model without a registered name: create_model cannot rebuild it from %s alone", path)
-    config = {
-        "glocal_format": FORMAT_VERSION,
-        "model_name": name,
-        "architecture": type(model).__name__,
-        "config": _to_json(getattr(model, "cfg", None)),
-        "num_classes": getattr(model, "num_classes", None),
-        "in_chans": getattr(model, "in_chans", None),
-        "data_config": _to_json(getattr(model, "data_config", None)),
-        "glocal_version": _version(),
-    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write_bytes_atomic(save(tensors, metadata={"format": "pt", "glocal_model": str(name)}), tmp / WEIGHTS_NAME)

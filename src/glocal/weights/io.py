@@ -40,6 +40,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "read_state_dict",
     "read_tensors",
+    "unwrap_state_dict",
     "atomic_path",
     "write_bytes_atomic",
 ]
@@ -229,7 +230,11 @@ def read_state_dict(path: str | os.PathLike, *, ema: bool = False) -> dict[str, 
     holds them, as T2T-ViT's README recommends for its releases.
     """
     path = Path(path)
-    content = read_tensors(path)
+    return unwrap_state_dict(read_tensors(path), path, ema=ema)
+
+
+def unwrap_state_dict(content: object, path: Path, *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` inside the content of ``path`` as :func:`read_tensors` returned it."""
     if not isinstance(content, Mapping):
         raise CheckpointError(f"{path} holds a {type(content).__name__}, not a mapping of names to tensors")
     state_dict = dict(_unwrap(content, path, ema))

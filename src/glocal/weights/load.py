@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
 from glocal.weights.adapt import adapt_classifier, adapt_first_conv, check_fit
-from glocal.weights.glocal_format import is_glocal_checkpoint, read_glocal_checkpoint
-from glocal.weights.io import CheckpointError, read_state_dict
+from glocal.weights.checkpoint import Checkpoint, open_checkpoint
+from glocal.weights.io import CheckpointError
 from glocal.weights.layout import GLOCAL, StateDict, detect_layout, family_of, get_layout
 
 __all__ = ["LoadResult", "export_state_dict", "import_state_dict", "load_checkpoint", "load_state_dict"]
@@ -50,14 +49,28 @@ def import_state_dict(state_dict: StateDict, model: nn.Module, *, layout: str | 
 
 
 def load_state_dict(
-    model: nn.Module, state_dict: StateDict, *, layout: str | None = None, source: str = "state dict"
+    model: nn.Module,
+    state_dict: StateDict,
+    *,
+    layout: str | None = None,
+    source: str = "state dict",
+    new_classifier: bool = True,
 ) -> LoadResult:
     """Load a state dict of any supported layout into ``model`` (see the module docstring); raises
-    :class:`~glocal.weights.adapt.CheckpointMismatchError` listing every key that does not fit."""
+    :class:`~glocal.weights.adapt.CheckpointMismatchError` listing every key that does not fit.
+
+    ``new_classifier=False`` refuses (``CheckpointError``) to leave a classifier at its initialisation: what
+    evaluation, prediction and export need, where a random head would silently produce random outputs."""
     mapped, layout_name = import_state_dict(state_dict, model, layout=layout)
     adapted = adapt_first_conv(mapped, model)
     mapped = model.adapt_state_dict(mapped)
     reinitialised = adapt_classifier(mapped, model)
+    if reinitialised and not new_classifier:
+        raise CheckpointError(
+            f"{source} has no classifier for {model.num_classes} classes ({', '.join(reinitialised)} would be "
+            f"re-initialised at random); refusing to use a model with a random head. Rebuild it with the "
+            f"checkpoint's number of classes (leave num_classes / --num-classes out)"
+        )
     check_fit(mapped, model, allow_missing=tuple(reinitialised))
     model.load_state_dict(mapped, strict=False)
     _log.info("loaded %s (layout %s, %d tensors)", source, layout_name, len(mapped))
@@ -65,21 +78,24 @@ def load_state_dict(
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, *, layout: str | None = None, ema: bool = False
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Checkpoint,
+    *,
+    layout: str | None = None,
+    ema: bool = False,
+    new_classifier: bool = True,
 ) -> LoadResult:
-    """Load a checkpoint into ``model``: a glocal folder, or a ``.safetensors``, ``.npz`` or PyTorch file in any
-    supported layout (detected from its keys unless ``layout`` names one). ``ema=True`` takes the EMA weights of
-    files that hold both. Raises :class:`~glocal.weights.io.CheckpointError` on unreadable or unfitting files."""
-    path = Path(path)
-    if path.is_dir():
-        if not is_glocal_checkpoint(path):
-            raise CheckpointError(f"{path} is a folder but not a glocal checkpoint (model.safetensors + config.json)")
-        state_dict, config = read_glocal_checkpoint(path)
-        saved_name, name = config.get("model_name"), getattr(model, "model_name", None)
-        if saved_name and name and saved_name != name:
-            _log.warning("%s was saved from %r; loading it into %r", path, saved_name, name)
-        return load_state_dict(model, state_dict, layout=layout or "glocal", source=str(path))
-    return load_state_dict(model, read_state_dict(path, ema=ema), layout=layout, source=str(path))
+    """Load a checkpoint into ``model``: a glocal folder, a training state (``last.pt``), or a ``.safetensors``,
+    ``.npz`` or PyTorch file in any supported layout (detected from its keys unless ``layout`` names one), or a
+    :class:`~glocal.weights.checkpoint.Checkpoint` already opened. ``ema=True`` takes the EMA weights of files that
+    hold both. Raises :class:`~glocal.weights.io.CheckpointError` on unreadable or unfitting files."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, ema=ema)
+    name = getattr(model, "model_name", None)
+    if ckpt.model_name and name and ckpt.model_name != name:
+        _log.warning("%s was saved from %r; loading it into %r", ckpt.path, ckpt.model_name, name)
+    return load_state_dict(
+        model, ckpt.tensors, layout=layout or ckpt.layout, source=str(ckpt.path), new_classifier=new_classifier
+    )
 
 
 def export_state_dict(model: nn.Module, layout: str) -> StateDict:

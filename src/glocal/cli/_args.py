@@ -1,0 +1,86 @@
+"""Flags spelled the same in every subcommand, and help texts that show their defaults."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+from glocal.data.datasets import IMAGE_EXTENSIONS
+
+__all__ = ["HelpFormatter", "Parser", "add_checkpoint", "add_img_size", "add_model", "find_images", "img_size"]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option whose default is a value (not None, False or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS, [], ()) and "(default" not in text
+        if shown and action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help shows the defaults (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_model(p: argparse.ArgumentParser, *, required: bool = False, what: str = "") -> None:
+    """``--model NAME``: optional where a checkpoint names its model, and an error when it contradicts it."""
+    text = what or "registered model name (see `glocal list`); default: the checkpoint's, which it must not contradict"
+    p.add_argument("--model", metavar="NAME", required=required, help=text)
+
+
+def add_checkpoint(p: argparse.ArgumentParser, *, required: bool = False, what: str = "") -> None:
+    """``--checkpoint PATH``: a model folder, a run's ``last.pt`` or any file glocal reads."""
+    text = what or "a model folder (a run's model/ or best/), a run's last.pt, or any checkpoint glocal loads"
+    p.add_argument("--checkpoint", metavar="PATH", required=required, help=text)
+
+
+class _Size(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if len(values) not in (1, 2) or min(values) < 1:
+            parser.error(f"{option_string} takes one size or a height and a width (positive), got {values}")
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
+
+
+def add_img_size(p: argparse.ArgumentParser, what: str) -> None:
+    """``--img-size S`` or ``--img-size H W``."""
+    p.add_argument("--img-size", type=int, nargs="+", action=_Size, metavar="PX", help=f"{what}: S or H W")
+
+
+def img_size(value: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """A parsed ``--img-size`` as (H, W)."""
+    if value is None:
+        return None
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def find_images(items: list[str]) -> list[Path]:
+    """Image files from paths, folders (every image below them, sorted) and glob patterns, in the order given;
+    ``FileNotFoundError`` names the items that match no image."""
+    found, empty = [], []
+    for item in items:
+        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        files = []
+        for path in matches:
+            if path.is_dir():
+                files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            elif path.is_file():
+                files.append(path)
+        if files:
+            found += files
+        else:
+            empty.append(item)
+    if empty:
+        raise FileNotFoundError(
+            f"no image found at {', '.join(empty)} (give image files, folders of images or glob patterns; "
+            f"image suffixes: {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return found
