@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,13 +72,17 @@ def _dynamic_shapes(model: nn.Module, x: torch.Tensor) -> dict:
 
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
-    """The exporters' loggers at WARNING for the duration (their INFO messages are one line per pass)."""
+    """The exporters' loggers at ERROR and their deprecation notices hidden for the duration (INFO is one line per
+    optimisation pass; WARNING lists the torchvision operators it cannot register when torchvision is absent)."""
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     restored = restore_model(ckpt, model=args.model, classes=classes, img_size=args.img_size)
     load_size = round(max(restored.img_size) / restored.crop_pct)
     dataset = open_dataset(args.data, args.split, load_size, classes=restored.classes if args.data else None)
+    if tuple(dataset.classes) != restored.classes:
+        raise ValueError(
+            f"{args.checkpoint} classifies classes {restored.classes[:10]}, not the bundled digits' "
+            f"{tuple(dataset.classes)}; pass --data DIR with its class folders"
+        )
     result = evaluate(
         restored.model,
         dataset,
