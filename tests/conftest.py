@@ -1,9 +1,11 @@
-"""Shared helpers for the registry-wide contract tests."""
+"""Shared helpers for the registry-wide contract tests, and the small image tree the training tests share."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
 
 import glocal
@@ -73,3 +75,14 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def pytest_generate_tests(metafunc):
     if "model_name" in metafunc.fixturenames:
         metafunc.parametrize("model_name", glocal.list_models())
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A two-class ImageFolder root (cat, dog): 16 training and 4 validation images per class."""
+    from tests.test_data import write_image_tree
+
+    root = tmp_path_factory.mktemp("images")
+    write_image_tree(root / "train", classes=("cat", "dog"), per_class=16, seed=0)
+    write_image_tree(root / "val", classes=("cat", "dog"), per_class=4, seed=1)
+    return root

@@ -19,7 +19,6 @@ from glocal.engine import TrainConfig, load_train_state, restore_model, train
 from glocal.engine.ema import ModelEma
 from glocal.export import example_input, export_onnx
 from glocal.weights import CheckpointError, open_checkpoint, save_checkpoint
-from tests.test_data import write_image_tree
 
 GLOCAL = str(Path(sys.executable).parent / "glocal")
 TINY = dict(depths=[1, 1, 1, 1], widths=[4, 4, 8, 8], stem_width=8)
@@ -31,14 +30,6 @@ def _config(out: Path, data: Path, **overrides) -> TrainConfig:
         lr_base_size=64, warmup_epochs=0.5, output=str(out), crop_scale=(0.5, 1.0), ema_decay=0.99996, threads=1,
     )  # fmt: skip
     return TrainConfig(**{**values, **overrides})
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    write_image_tree(root / "train", classes=("cat", "dog"), per_class=16, seed=0)
-    write_image_tree(root / "val", classes=("cat", "dog"), per_class=4, seed=1)
-    return root
 
 
 @pytest.fixture(scope="module")

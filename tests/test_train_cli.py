@@ -47,14 +47,6 @@ TINY_VIT = {
 }
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    write_image_tree(root / "train", classes=("cat", "dog"), per_class=16, seed=0)
-    write_image_tree(root / "val", classes=("cat", "dog"), per_class=4, seed=1)
-    return root
-
-
 def recipe(tmp_path: Path, values: dict, name: str = "recipe.yaml") -> str:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(values))
