@@ -233,3 +233,15 @@ def test_eval_and_predict_do_not_import_the_trainer():
     code = "import sys, glocal.cli, glocal.engine.inference; print('glocal.engine.trainer' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_train_and_convert_take_the_checkpoint_alone(run, tree, tmp_path):
+    args = ["train", "--checkpoint", str(run.weights), "--data", str(tree), "--batch-size", "8", "--max-steps", "1"]
+    assert main([*args, "--threads", "1", "--quiet", "--output", str(tmp_path / "ft")]) == 0
+    tuned = open_checkpoint(tmp_path / "ft" / "model")
+    assert (
+        tuned.model_name == "gcresnet50" and tuned.input_size == (32, 32) and tuned.config["widths"] == TINY["widths"]
+    )
+    assert main(["convert", "--checkpoint", str(run.checkpoint), "--output", str(tmp_path / "converted")]) == 0
+    converted = open_checkpoint(tmp_path / "converted")
+    assert converted.classes == ("cat", "dog") and converted.num_classes == 2 and converted.input_size == (32, 32)
