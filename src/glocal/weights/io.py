@@ -52,8 +52,17 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 _NESTING = ("model", "state_dict", "blobs")
 _EMA_NESTING = ("state_dict_ema", "model_ema")
 
+# The concrete dtype classes numpy pickles its dtypes through (``numpy.dtypes.Float64DType``...), one per plain
+# numeric, boolean or string type; object, structured (void) and variable-width string dtypes are not data a
+# checkpoint needs. Derived from the types, so the names are whatever this numpy spells them.
+_DTYPE_CLASSES = tuple(
+    type(np.dtype(code))
+    for code in ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "U", "S")
+)
+
 # Globals that rebuild plain data without running code of the file's choosing: the training arguments that timm's
-# checkpoint saver stores, numpy arrays and scalars (metrics); looked up by name, admitted only when a file needs them.
+# checkpoint saver stores, numpy arrays and scalars (metrics) and the dtype classes above; matched by exact name,
+# admitted only when a file needs them. Nothing else in their modules is reachable.
 DATA_GLOBALS = (
     "argparse.Namespace",
     "numpy.ndarray",
@@ -62,6 +71,7 @@ DATA_GLOBALS = (
     "numpy.core.multiarray.scalar",
     "numpy._core.multiarray._reconstruct",
     "numpy._core.multiarray.scalar",
+    *(f"{c.__module__}.{c.__qualname__}" for c in _DTYPE_CLASSES),
 )
 
 
@@ -95,6 +105,10 @@ def read_tensors(path: str | os.PathLike) -> dict:
         except Exception as err:  # safetensors raises its own error types for every malformed header or buffer
             raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or truncated?): {err}") from err
     if suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} is not a .npz archive (expected a zip of .npy arrays, as numpy.savez writes)"
+            )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
@@ -133,7 +147,8 @@ def read_tensors(path: str | os.PathLike) -> dict:
                 f"inert data, and glocal never unpickles code (torch.load(weights_only=True)). If you trust the file, "
                 f"re-save its state dict with torch.save(state_dict) or as .safetensors. Details: {err}"
             ) from err
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, TypeError, AttributeError) as err:
+            # TypeError/AttributeError: an admitted data class called with arguments it does not take
             raise CheckpointError(
                 f"{path} is not a readable PyTorch checkpoint (a torch.save zip or legacy pickle; corrupt or "
                 f"truncated?): {err}"
@@ -179,7 +194,7 @@ def _data_globals_needed(path: Path) -> list | None:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, AttributeError):
         return None
-    if not names or any(n not in DATA_GLOBALS and not n.startswith("numpy.dtypes.") for n in names):
+    if not names or any(n not in DATA_GLOBALS for n in names):
         return None
     found = []
     for name in names:
@@ -188,8 +203,8 @@ def _data_globals_needed(path: Path) -> list | None:
             found.append(getattr(importlib.import_module(module_name), attr))
         except (ImportError, AttributeError):
             return None
-    if "numpy.dtype" in names:  # a dtype unpickles through its concrete class (Float64DType...), not object arrays
-        found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    if "numpy.dtype" in names:  # a dtype unpickles through its concrete class (Float64DType...)
+        found += _DTYPE_CLASSES
     return found
 
 
