@@ -109,7 +109,7 @@ class MultiHeadAttention(nn.Module):
 
     The one implementation of standard multi-head attention in glocal: ViT, T2T-ViT's encoder, VOLO's transformer
     blocks and Twins' windowed attention build on it. ``attn_drop`` is the dropout on the attention map, ``proj_drop``
-    after the output projection.
+    after the output projection, ``prefix_tokens`` the class tokens before the grid (for the probe).
     """
 
     def __init__(
@@ -121,6 +121,7 @@ class MultiHeadAttention(nn.Module):
         qk_scale: float | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        prefix_tokens: int = 0,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -132,7 +133,7 @@ class MultiHeadAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("global", prefix_tokens=prefix_tokens)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         B, N, C = x.shape

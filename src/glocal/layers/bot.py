@@ -28,7 +28,7 @@ class MHSA2d(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=False)
         self.rel_pos = RelPosLogits(feat_size, self.head_dim)
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("bot")
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -61,7 +61,7 @@ class GlobalContext(nn.Module):
         self.zero_init_last = zero_init_last
         if pooling == "att":
             self.attn_pool = nn.Conv2d(channels, 1, kernel_size=1)
-            self.probe = AttentionProbe()
+            self.probe = AttentionProbe("pool")
         if hidden is None:
             self.transform = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1))
         else:

@@ -31,7 +31,7 @@ class NonLocal2d(nn.Module):
         self.pool = nn.MaxPool2d(2, 2) if subsample else nn.Identity()
         self.out = nn.Conv2d(inner, channels, kernel_size=1)
         self.norm = nn.BatchNorm2d(channels)
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("nl", ratio=2 if subsample else 1)
         self.init_weights()
 
     def init_weights(self) -> None:

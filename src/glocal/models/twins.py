@@ -95,6 +95,7 @@ class LocallyGroupedAttention(MultiHeadAttention):
         if window_size < 2:
             raise ValueError(f"LSA needs a window of at least 2 (a window of 1 attends to nothing), got {window_size}")
         self.window_size = window_size
+        self.probe = AttentionProbe("lsa", window=window_size)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
@@ -166,7 +167,7 @@ class GlobalSubsampledAttention(nn.Module):
         else:
             self.sr = None
             self.norm = None
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("gsa", ratio=sr_ratio)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape

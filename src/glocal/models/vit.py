@@ -117,7 +117,12 @@ class PlainTransformer(Backbone):
             TransformerBlock(
                 embed_dim,
                 MultiHeadAttention(
-                    embed_dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, attn_drop=attn_drop_rate, proj_drop=drop_rate
+                    embed_dim,
+                    cfg.num_heads,
+                    qkv_bias=cfg.qkv_bias,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=drop_rate,
+                    prefix_tokens=1,
                 ),
                 mlp_ratio=cfg.mlp_ratio,
                 drop=drop_rate,

@@ -133,7 +133,7 @@ class OutlookAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         # ceil_mode: an odd side gets a last, narrower window, averaged over its real positions only.
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("outlook", window=self.kernel_size, window_stride=2)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The attention logits (B, heads, h, w, 9, 9) from the 2x2-pooled input."""
@@ -177,7 +177,7 @@ class ClassAttention(nn.Module):
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = Linear(dim, dim)
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("class", prefix_tokens=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kv = self.kv(x).unflatten(-1, (2, self.num_heads, self.head_dim))  # (B, 1 + N, 2, heads, head_dim)
