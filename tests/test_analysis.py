@@ -18,8 +18,8 @@ def test_record_attention_collects_every_block_and_restores_fused_path():
         with record_attention(model) as maps:
             recorded = model(torch.randn(1, 3, 64, 64))
     assert sorted(maps) == ["layer2.3.context", "layer3.5.context"]
-    assert maps["layer2.3.context"][0].shape == (1, 1, 64, 64)  # 8x8 positions attend to 8x8
-    torch.testing.assert_close(maps["layer3.5.context"][0].sum(-1), torch.ones(1, 1, 16))
+    assert maps["layer2.3.context"][0].attn.shape == (1, 1, 64, 64)  # 8x8 positions attend to 8x8
+    torch.testing.assert_close(maps["layer3.5.context"][0].attn.sum(-1), torch.ones(1, 1, 16))
     assert plain.shape == recorded.shape
     assert not any(is_observed(m) for m in model.modules() if isinstance(m, glocal.layers.AttentionProbe))
 

@@ -305,4 +305,3 @@ def query_independence_table(
 
 def _stride(layout: AttentionLayout) -> int:
     return round(max(layout.stride))
-

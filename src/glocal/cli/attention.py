@@ -1,0 +1,168 @@
+"""``glocal attention``: attention maps of every attention layer over images, and GCNet's query-independence table.
+
+For each IMAGE one PNG: the image, then one panel per attention layer (or per head with ``--heads``) showing the
+attention of the query pixel ``--query ROW,COL`` (default: the image centre), or of the class token with
+``--class-token`` (plus attention rollout for ViT / T2T-ViT), over the image, with a colour bar and the layer name.
+GC / SNL pooling maps have no query and are shown as they are. ``attention.json`` holds every map's layout and the
+query-independence statistic per layer and stage; ``--stats`` computes only the statistic, over all the images (or
+folders of images) given, and writes ``query_independence.json`` and ``query_independence.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+import glocal
+from glocal.analysis.attention import (
+    attention_rollout,
+    image_map,
+    query_independence,
+    query_independence_table,
+    record_attention,
+    to_pixels,
+)
+from glocal.analysis.figures import overlay_grid, plot_query_independence
+from glocal.data import load_image
+from glocal.engine.inference import restore_model
+from glocal.weights.io import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="attention maps over images (PNG overlays) and GCNet's query-independence statistic",
+        description="Record every attention map of MODEL on each IMAGE and draw it over the image: one panel per "
+        "attention layer (or head), the map of one query pixel or of the class token. Weights from --checkpoint "
+        "(a run's last.pt or a glocal/official/timm file); without one the model keeps its random initialisation.",
+    )
+    p.add_argument("model", metavar="MODEL", help="registered model name")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (with --stats also folders of images)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", metavar="PATH")
+    weights.add_argument("--pretrained", metavar="TAG", help="published weights, as create_model(pretrained=TAG)")
+    p.add_argument("--classes", metavar="A,B,...", help="class names of a checkpoint without them")
+    p.add_argument("--img-size", type=int, help="square input side (default: the model's or the run's)")
+    p.add_argument("--layers", metavar="PATTERN", help="glob on attention layer names, e.g. 'blocks.1*'")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--query", metavar="ROW,COL", help="query pixel of the resized input (default: centre)")
+    which.add_argument("--class-token", action="store_true", help="the class token's attention (and rollout)")
+    p.add_argument("--heads", action="store_true", help="one panel per head instead of the head mean")
+    p.add_argument("--stats", action="store_true", help="only the query-independence table over all images")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(run=run)
+
+
+def _load(args: argparse.Namespace):
+    """(model in eval mode, input side, mean, std)."""
+    if args.checkpoint:
+        classes = tuple(args.classes.split(",")) if args.classes else None
+        restored = restore_model(args.model, args.checkpoint, classes=classes, img_size=args.img_size)
+        return restored.model, max(restored.img_size), restored.mean, restored.std
+    if args.pretrained:
+        try:
+            model = glocal.create_model(args.model, pretrained=args.pretrained)
+        except TypeError as err:
+            raise ValueError(
+                f"--pretrained {args.pretrained!r}: this version of glocal publishes no pretrained weights "
+                f"(create_model has no 'pretrained'); give the weights with --checkpoint PATH"
+            ) from err
+    else:
+        log.warning("%s: no --checkpoint, so the maps are those of randomly initialised weights", args.model)
+        model = glocal.create_model(args.model)
+    cfg = model.data_config
+    return model.eval(), args.img_size or cfg.input_size[-1], cfg.mean, cfg.std
+
+
+def _image_files(paths: list[str], folders: bool) -> list[Path]:
+    files = []
+    for raw in paths:
+        path = Path(raw)
+        if folders and path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"image {'file or folder' if folders else 'file'} not found: {raw}")
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)}")
+    return files
+
+
+def _parse_query(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        row, col = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"--query takes ROW,COL (pixels of the resized input), got {text!r}") from err
+    return row, col
+
+
+def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def run(args: argparse.Namespace) -> int:
+    files = _image_files(args.images, folders=args.stats)
+    query = _parse_query(args.query)
+    model, side, mean, std = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not any(isinstance(m, glocal.layers.AttentionProbe) for m in model.modules()):
+        raise ValueError(f"{args.model} has no attention map to record (no attention probe in the model)")
+    if query is not None and not all(0 <= q < side for q in query):
+        raise ValueError(f"--query {args.query}: the pixel must lie in the {side} x {side} input")
+    if args.stats:
+        batches = (_normalise(load_image(path, side)[None], mean, std) for path in files)
+        table = query_independence_table(model, batches, args.layers)
+        if not table["layers"]:
+            raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
+        table |= {"model": args.model, "images": len(files), "img_size": side}
+        write_bytes_atomic(json.dumps(table, indent=2).encode(), out / "query_independence.json")
+        plot_query_independence(table, out / "query_independence.png", title=f"{args.model}, {len(files)} images")
+        for row in table["stages"]:
+            print(f"stride {row['stride']:>3}  {'/'.join(row['kinds']):<14} {row['query_independence']:.4f}")
+        print(f"wrote {out / 'query_independence.json'} and {out / 'query_independence.png'}")
+        return 0
+    summary = {"model": args.model, "img_size": side, "query": query, "class_token": args.class_token, "images": []}
+    for path in files:
+        image = load_image(path, side)  # (3, side, side) uint8
+        with torch.inference_mode(), record_attention(model, args.layers) as records:
+            model(_normalise(image[None], mean, std))
+        if not records:
+            raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
+        panels, layers = [], []
+        for name, calls in records.items():
+            record = calls[-1]
+            grid = image_map(record, None if args.class_token else (query or (side / 2, side / 2)))[0]
+            pixels = to_pixels(grid, (side, side))  # (heads, side, side)
+            if args.heads:
+                panels += [(f"{name} h{h}", pixels[h]) for h in range(pixels.shape[0])]
+            else:
+                panels.append((f"{name} ({record.layout.kind})", pixels.mean(0)))
+            layers.append({"layer": name, **record.layout.as_dict(), "query_independence": query_independence(record)})
+        if args.class_token and any(r.layout.kind == "global" and r.layout.prefix_tokens for r in _last(records)):
+            panels.append(("rollout", to_pixels(attention_rollout(_last(records))[0], (side, side))))
+        target = out / f"{path.stem}_attention.png"
+        marker = None if args.class_token else (query or (side / 2, side / 2))
+        overlay_grid(image, panels, target, title=f"{args.model}: {path.name}", marker=marker)
+        summary["images"].append({"image": str(path), "png": str(target), "layers": layers})
+        print(f"wrote {target}")
+    write_bytes_atomic(json.dumps(summary, indent=2).encode(), out / "attention.json")
+    print(f"wrote {out / 'attention.json'}")
+    return 0
+
+
+def _last(records):
+    return [calls[-1] for calls in records.values()]
