@@ -198,7 +198,9 @@ def scene_file(tmp_path_factory):
     return path
 
 
-FAMILY_MODELS = ["nlresnet50", "botnet50", "twins_svt_small", "volo_d1_224", "vit_tiny_patch16_224", "t2t_vit_t_14"]
+# One model of every family, full size at 64 px; the three that take seconds to build run with the slow tests.
+FAMILY_MODELS = ["nlresnet50", "botnet50", "vit_tiny_patch16_224"]
+FAMILY_MODELS += [pytest.param(n, marks=pytest.mark.slow) for n in ("twins_svt_small", "volo_d1_224", "t2t_vit_t_14")]
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)

@@ -27,13 +27,12 @@ from glocal.analysis.attention import (
     to_pixels,
 )
 from glocal.analysis.figures import overlay_grid, plot_query_independence
+from glocal.cli._args import add_checkpoint, add_img_size, find_images, img_size
 from glocal.data import load_image
 from glocal.engine.inference import restore_model
 from glocal.weights.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def add_parser(sub, name: str) -> None:
@@ -42,15 +41,15 @@ def add_parser(sub, name: str) -> None:
         help="attention maps over images (PNG overlays) and GCNet's query-independence statistic",
         description="Record every attention map of MODEL on each IMAGE and draw it over the image: one panel per "
         "attention layer (or head), the map of one query pixel or of the class token. Weights from --checkpoint "
-        "(a run's last.pt or a glocal/official/timm file); without one the model keeps its random initialisation.",
+        "(rebuilt from it as every command does; MODEL must not contradict it); without one the model keeps its "
+        "random initialisation.",
     )
     p.add_argument("model", metavar="MODEL", help="registered model name")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (with --stats also folders of images)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", metavar="PATH")
-    weights.add_argument("--pretrained", metavar="TAG", help="published weights, as create_model(pretrained=TAG)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns ('dir/*.png')")
+    add_checkpoint(p)
+    p.add_argument("--pretrained", metavar="TAG", help="published weights, as create_model(pretrained=TAG)")
     p.add_argument("--classes", metavar="A,B,...", help="class names of a checkpoint without them")
-    p.add_argument("--img-size", type=int, help="square input side (default: the model's or the run's)")
+    add_img_size(p, "input size (default: the checkpoint's or the model's)")
     p.add_argument("--layers", metavar="PATTERN", help="glob on attention layer names, e.g. 'blocks.1*'")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--query", metavar="ROW,COL", help="query pixel of the resized input (default: centre)")
@@ -62,11 +61,13 @@ def add_parser(sub, name: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """(model in eval mode, input side, mean, std)."""
+    """(model in eval mode, input (H, W), mean, std)."""
+    if args.checkpoint and args.pretrained:
+        raise ValueError("give the weights once: --checkpoint PATH or --pretrained TAG, not both")
     if args.checkpoint:
         classes = tuple(args.classes.split(",")) if args.classes else None
-        restored = restore_model(args.model, args.checkpoint, classes=classes, img_size=args.img_size)
-        return restored.model, max(restored.img_size), restored.mean, restored.std
+        restored = restore_model(args.checkpoint, model=args.model, classes=classes, img_size=args.img_size)
+        return restored.model, restored.img_size, restored.mean, restored.std
     if args.pretrained:
         try:
             model = glocal.create_model(args.model, pretrained=args.pretrained)
@@ -79,22 +80,15 @@ def _load(args: argparse.Namespace):
         log.warning("%s: no --checkpoint, so the maps are those of randomly initialised weights", args.model)
         model = glocal.create_model(args.model)
     cfg = model.data_config
-    return model.eval(), args.img_size or cfg.input_size[-1], cfg.mean, cfg.std
+    return model.eval(), img_size(args.img_size) or tuple(cfg.input_size[-2:]), cfg.mean, cfg.std
 
 
-def _image_files(paths: list[str], folders: bool) -> list[Path]:
-    files = []
-    for raw in paths:
-        path = Path(raw)
-        if folders and path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"image {'file or folder' if folders else 'file'} not found: {raw}")
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)}")
-    return files
+def _load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) uint8: shorter side resized to max(H, W), centre crop of H x W."""
+    side = max(size)
+    image = load_image(path, side)  # (3, side, side)
+    top, left = (side - size[0]) // 2, (side - size[1]) // 2
+    return image[:, top : top + size[0], left : left + size[1]]
 
 
 def _parse_query(text: str | None) -> tuple[float, float] | None:
@@ -114,30 +108,32 @@ def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    files = _image_files(args.images, folders=args.stats)
+    files = find_images(args.images)
     query = _parse_query(args.query)
-    model, side, mean, std = _load(args)
+    model, size, mean, std = _load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not any(isinstance(m, glocal.layers.AttentionProbe) for m in model.modules()):
         raise ValueError(f"{args.model} has no attention map to record (no attention probe in the model)")
-    if query is not None and not all(0 <= q < side for q in query):
-        raise ValueError(f"--query {args.query}: the pixel must lie in the {side} x {side} input")
+    if query is not None and not (0 <= query[0] < size[0] and 0 <= query[1] < size[1]):
+        raise ValueError(f"--query {args.query}: the pixel must lie in the {size[0]} x {size[1]} input")
+    centre = (size[0] / 2, size[1] / 2)
     if args.stats:
-        batches = (_normalise(load_image(path, side)[None], mean, std) for path in files)
+        batches = (_normalise(_load_image(path, size)[None], mean, std) for path in files)
         table = query_independence_table(model, batches, args.layers)
         if not table["layers"]:
             raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
-        table |= {"model": args.model, "images": len(files), "img_size": side}
+        table |= {"model": args.model, "images": len(files), "img_size": list(size)}
         write_bytes_atomic(json.dumps(table, indent=2).encode(), out / "query_independence.json")
         plot_query_independence(table, out / "query_independence.png", title=f"{args.model}, {len(files)} images")
         for row in table["stages"]:
             print(f"stride {row['stride']:>3}  {'/'.join(row['kinds']):<14} {row['query_independence']:.4f}")
         print(f"wrote {out / 'query_independence.json'} and {out / 'query_independence.png'}")
         return 0
-    summary = {"model": args.model, "img_size": side, "query": query, "class_token": args.class_token, "images": []}
+    summary = {"model": args.model, "img_size": list(size), "query": query or centre, "class_token": args.class_token}
+    summary["images"] = []
     for path in files:
-        image = load_image(path, side)  # (3, side, side) uint8
+        image = _load_image(path, size)  # (3, H, W) uint8
         with torch.inference_mode(), record_attention(model, args.layers) as records:
             model(_normalise(image[None], mean, std))
         if not records:
@@ -145,17 +141,17 @@ def run(args: argparse.Namespace) -> int:
         panels, layers = [], []
         for name, calls in records.items():
             record = calls[-1]
-            grid = image_map(record, None if args.class_token else (query or (side / 2, side / 2)))[0]
-            pixels = to_pixels(grid, (side, side))  # (heads, side, side)
+            grid = image_map(record, None if args.class_token else (query or centre))[0]
+            pixels = to_pixels(grid, size)  # (heads, H, W)
             if args.heads:
                 panels += [(f"{name} h{h}", pixels[h]) for h in range(pixels.shape[0])]
             else:
                 panels.append((f"{name} ({record.layout.kind})", pixels.mean(0)))
             layers.append({"layer": name, **record.layout.as_dict(), "query_independence": query_independence(record)})
         if args.class_token and any(r.layout.kind == "global" and r.layout.prefix_tokens for r in _last(records)):
-            panels.append(("rollout", to_pixels(attention_rollout(_last(records))[0], (side, side))))
+            panels.append(("rollout", to_pixels(attention_rollout(_last(records))[0], size)))
         target = out / f"{path.stem}_attention.png"
-        marker = None if args.class_token else (query or (side / 2, side / 2))
+        marker = None if args.class_token else (query or centre)
         overlay_grid(image, panels, target, title=f"{args.model}: {path.name}", marker=marker)
         summary["images"].append({"image": str(path), "png": str(target), "layers": layers})
         print(f"wrote {target}")
