@@ -178,7 +178,7 @@ def test_query_independence_zero_for_pooling_positive_for_trained_nl(trained_nl)
     table = query_independence_table(model, [images])
     assert [row["kind"] for row in table["layers"]] == ["nl", "nl"]
     assert all(row["query_independence"] > 1e-3 for row in table["layers"])
-    assert [(s["stride"], s["layers"]) for s in table["stages"]] == [(16, 2)]
+    assert [(s["stride"], s["kind"], s["layers"]) for s in table["stages"]] == [(16, "nl", 2)]
     pooled = perturb_(glocal.create_model("snlresnet50", depths=(1, 1, 2, 1))).eval()
     table = query_independence_table(pooled, [images])
     assert table["layers"] and all(row["query_independence"] == 0.0 for row in table["layers"])

@@ -272,7 +272,8 @@ def query_independence_table(
     """GCNet's statistic per attention layer and per stage, averaged over images.
 
     ``batches``: normalised image batches (B, C, H, W). Returns ``{"layers": [...], "stages": [...]}``: a layer row
-    has its name, kind, query stride and value (mean over calls and images); a stage is the layers at one stride.
+    has its name, kind, query stride and value (mean over calls and images); a stage row averages the layers of one
+    kind at one stride (kinds apart: class attention and pooling score 0 by construction).
     """
     sums: dict[str, list] = {}
     with torch.inference_mode(), record_attention(model, layers) as records:
@@ -288,17 +289,17 @@ def query_independence_table(
         {"layer": name, "kind": layout.kind, "stride": _stride(layout), "query_independence": total / count}
         for name, (layout, total, count) in sums.items()
     ]
-    stages: dict[int, list[dict]] = {}
+    stages: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
-        stages.setdefault(row["stride"], []).append(row)
+        stages.setdefault((row["stride"], row["kind"]), []).append(row)
     stage_rows = [
         {
             "stride": stride,
-            "kinds": sorted({r["kind"] for r in members}),
+            "kind": kind,
             "layers": len(members),
             "query_independence": sum(r["query_independence"] for r in members) / len(members),
         }
-        for stride, members in sorted(stages.items())
+        for (stride, kind), members in sorted(stages.items())
     ]
     return {"layers": rows, "stages": stage_rows}
 

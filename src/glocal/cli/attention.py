@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(json.dumps(table, indent=2).encode(), out / "query_independence.json")
         plot_query_independence(table, out / "query_independence.png", title=f"{args.model}, {len(files)} images")
         for row in table["stages"]:
-            print(f"stride {row['stride']:>3}  {'/'.join(row['kinds']):<14} {row['query_independence']:.4f}")
+            print(f"stride {row['stride']:>3}  {row['kind']:<8} {row['layers']:>3} layers  {row['query_independence']:.4f}")
         print(f"wrote {out / 'query_independence.json'} and {out / 'query_independence.png'}")
         return 0
     summary = {"model": args.model, "img_size": list(size), "query": query or centre, "class_token": args.class_token}
