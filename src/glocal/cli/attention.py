@@ -29,6 +29,7 @@ from glocal.analysis.attention import (
 from glocal.analysis.figures import overlay_grid, plot_query_independence
 from glocal.cli._args import add_checkpoint, add_img_size, find_images, img_size
 from glocal.data import load_image
+from glocal.data.transforms import normalize
 from glocal.engine.inference import restore_model
 from glocal.weights.io import write_bytes_atomic
 
@@ -101,12 +102,6 @@ def _parse_query(text: str | None) -> tuple[float, float] | None:
     return row, col
 
 
-def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    mean = torch.tensor(mean).view(1, -1, 1, 1)
-    std = torch.tensor(std).view(1, -1, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 def run(args: argparse.Namespace) -> int:
     files = find_images(args.images)
     query = _parse_query(args.query)
@@ -119,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--query {args.query}: the pixel must lie in the {size[0]} x {size[1]} input")
     centre = (size[0] / 2, size[1] / 2)
     if args.stats:
-        batches = (_normalise(_load_image(path, size)[None], mean, std) for path in files)
+        batches = (normalize(_load_image(path, size)[None], mean, std) for path in files)
         table = query_independence_table(model, batches, args.layers)
         if not table["layers"]:
             raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
@@ -127,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(json.dumps(table, indent=2).encode(), out / "query_independence.json")
         plot_query_independence(table, out / "query_independence.png", title=f"{args.model}, {len(files)} images")
         for row in table["stages"]:
-            print(f"stride {row['stride']:>3}  {row['kind']:<8} {row['layers']:>3} layers  {row['query_independence']:.4f}")
+            value = row["query_independence"]
+            print(f"stride {row['stride']:>3}  {row['kind']:<8} {row['layers']:>3} layers  {value:.4f}")
         print(f"wrote {out / 'query_independence.json'} and {out / 'query_independence.png'}")
         return 0
     summary = {"model": args.model, "img_size": list(size), "query": query or centre, "class_token": args.class_token}
@@ -135,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     for path in files:
         image = _load_image(path, size)  # (3, H, W) uint8
         with torch.inference_mode(), record_attention(model, args.layers) as records:
-            model(_normalise(image[None], mean, std))
+            model(normalize(image[None], mean, std))
         if not records:
             raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
         panels, layers = [], []
