@@ -3,8 +3,8 @@
 For each IMAGE one PNG: the image, then one panel per attention layer (or per head with ``--heads``) showing the
 attention of the query pixel ``--query ROW,COL`` (default: the image centre), or of the class token with
 ``--class-token`` (plus attention rollout for ViT / T2T-ViT), over the image, with a colour bar and the layer name.
-GC / SNL pooling maps have no query and are shown as they are. ``attention.json`` holds every map's layout and the
-query-independence statistic per layer and stage; ``--stats`` computes only the statistic, over all the images (or
+GC / SNL pooling maps have no query and are shown as they are. ``attention.json`` holds every layer's layout and
+query-independence statistic; ``--stats`` computes only the statistic, per layer and stage, over all the images (or
 folders of images) given, and writes ``query_independence.json`` and ``query_independence.png``.
 """
 
