@@ -105,14 +105,26 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, x: torch.Tenso
     return Path(path)
 
 
+# The oldest opset torch's dynamo exporter writes when asked for it.
+MIN_OPSET = 17
+
+
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, x: torch.Tensor, *, opset: int = 18, dynamic: bool = True
 ) -> Path:
-    """ONNX through the dynamo exporter; batch, height and width dynamic unless ``dynamic=False``."""
+    """ONNX through the dynamo exporter; batch, height and width dynamic unless ``dynamic=False``. ``opset`` must be
+    one the exporter writes as asked: from 17 (below it, torch writes 18 whatever is asked) to the newest the
+    installed ``onnx`` knows."""
     try:
+        import onnx
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise RuntimeError("ONNX export needs the 'export' extra: pip install 'glocal[export]'") from err
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(
+            f"ONNX opset must be an integer from {MIN_OPSET} to {newest} (onnx {onnx.__version__}), got {opset!r}"
+        )
     shapes = _dynamic_shapes(model, x) if dynamic else None
     with _quiet_exporters():
         program = torch.onnx.export(

@@ -13,7 +13,9 @@ from torch import nn
 from glocal.models._base import DataConfig
 from glocal.models._features import FeaturePyramid
 from glocal.registry import get_entry
+from glocal.validate import check_count, check_fields
 from glocal.weights import Checkpoint, import_state_dict, load_checkpoint, open_checkpoint, resolve_model_name
+from glocal.weights.io import CheckpointError
 
 __all__ = ["create_model"]
 
@@ -68,8 +70,13 @@ def create_model(
             f"create_model({name!r}) got unknown keyword argument(s) {unknown}. "
             f"Config fields: {cfg_fields}. Run-time options: {runtime}."
         )
+    overrides = check_fields(type(cfg), overrides, where=f"create_model({name!r})", bounded=True)
     if ckpt is not None:
         saved = {k: _as_tuples(v) for k, v in ckpt.config.items() if k in cfg_fields or k in runtime}
+        try:
+            saved = check_fields(type(cfg), saved, where=f"the config saved in {ckpt.path}", bounded=True)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(str(err)) from err
         if ckpt.input_size is not None and "img_size" in (*cfg_fields, *runtime):
             height, width = ckpt.input_size
             saved["img_size"] = height if height == width else (height, width)
@@ -84,8 +91,8 @@ def create_model(
             with torch.device("meta"):
                 probe = entry.model_cls(cfg, **runtime_overrides)
             num_classes = _classifier_size(probe, name, ckpt, layout)
-    num_classes = num_classes if num_classes is not None else 1000
-    in_chans = in_chans if in_chans is not None else 3
+    num_classes = check_count(num_classes if num_classes is not None else 1000, "num_classes", minimum=0)
+    in_chans = check_count(in_chans if in_chans is not None else 3, "in_chans", minimum=1)
     model = entry.model_cls(cfg, num_classes=num_classes, in_chans=in_chans, **runtime_overrides)
     model.model_name = name
     if ckpt is not None:
@@ -93,6 +100,9 @@ def create_model(
             model.data_config = _saved_preprocessing(model.data_config, ckpt.data_config)
         load_checkpoint(model, ckpt, layout=layout, new_classifier=new_classifier)
     if features_only:
+        ints = out_indices if isinstance(out_indices, (list, tuple)) else [out_indices]
+        if out_indices is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ints):
+            raise TypeError(f"out_indices must be an integer or a list of integers (tap indices), got {out_indices!r}")
         return FeaturePyramid(model, out_indices)
     if out_indices is not None:
         raise ValueError("out_indices applies to features_only=True models only")

@@ -44,12 +44,32 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         return args.run(args) or 0
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        print(f"glocal {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
         if args.verbose:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"glocal {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        print(f"glocal {args.command}: error: {_explain(err)}", file=sys.stderr)
+        return 2 if isinstance(err, _USER_ERRORS) else 1
+
+
+# What bad input raises: named in one paragraph, exit status 2. Anything else is a fault of glocal's (status 1).
+_USER_ERRORS = (KeyError, ValueError, TypeError, OSError)
+
+
+def _explain(err: BaseException) -> str:
+    """One paragraph about ``err``: its message, for an OSError what the system said about which file, and for an
+    unexpected error its type and where to look."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError | FileExistsError):
+        where = f" ({err.filename})" if err.filename else ""
+        hint = {28: "; free some space or choose another --output", 30: "; choose a writable --output"}
+        return f"cannot write or read{where}: {err.strerror}{hint.get(err.errno, '')}"
+    if not isinstance(err, _USER_ERRORS):
+        return f"unexpected {type(err).__name__}: {err} (run with --verbose for the traceback, and please report it)"
+    return str(err)
 
 
 if __name__ == "__main__":

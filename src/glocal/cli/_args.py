@@ -8,7 +8,16 @@ from pathlib import Path
 
 from glocal.data.datasets import IMAGE_EXTENSIONS
 
-__all__ = ["HelpFormatter", "Parser", "add_checkpoint", "add_img_size", "add_model", "find_images", "img_size"]
+__all__ = [
+    "HelpFormatter",
+    "Parser",
+    "add_checkpoint",
+    "add_img_size",
+    "add_model",
+    "find_images",
+    "img_size",
+    "positive_int",
+]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -48,6 +57,17 @@ class _Size(argparse.Action):
         if len(values) not in (1, 2) or min(values) < 1:
             parser.error(f"{option_string} takes one size or a height and a width (positive), got {values}")
         setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def add_img_size(p: argparse.ArgumentParser, what: str) -> None:

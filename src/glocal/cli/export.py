@@ -43,7 +43,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--num-classes", type=int, help="classifier size without --checkpoint (default 1000)")
     add_img_size(p, "example input size (default: the checkpoint's, else the model's)")
     p.add_argument("--ema", action="store_true", help="export a training state's EMA weights")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 to the newest the installed onnx knows)")
     p.add_argument("--static", action="store_true", help="fix the input size instead of dynamic height/width")
     p.set_defaults(run=run)
 

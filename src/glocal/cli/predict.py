@@ -8,7 +8,7 @@ import json
 import torch
 from rich.console import Console
 
-from glocal.cli._args import add_checkpoint, add_img_size, add_model, find_images
+from glocal.cli._args import add_checkpoint, add_img_size, add_model, find_images, positive_int
 from glocal.data import load_image
 from glocal.engine.inference import predict, restore_model
 
@@ -25,7 +25,7 @@ def add_parser(sub, name: str) -> None:
     add_model(p)
     p.add_argument("--classes", metavar="A,B,...", help="class names, comma-separated (checkpoints without them)")
     add_img_size(p, "input size (default: the checkpoint's)")
-    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (at most the model's)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--ema", action="store_true", help="use a training state's EMA weights")
     p.add_argument("--json", action="store_true", help="one JSON object per image")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from glocal.cli._args import add_checkpoint, add_img_size, add_model
+from glocal.engine.checkpoint import run_config_of_state
 from glocal.engine.config import TrainConfig, load_recipe
 from glocal.engine.progress import Callback
 
@@ -96,20 +98,27 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         if not args.output:
             raise ValueError("--resume needs --output DIR: the folder of the run to continue")
-        saved = Path(args.output) / "config.yaml"
-        if not saved.is_file():
+        saved, state = Path(args.output) / "config.yaml", Path(args.output) / "last.pt"
+        if not state.is_file():
             raise FileNotFoundError(
-                f"nothing to resume: {args.output!r} holds no run (no config.yaml and last.pt written by `glocal "
-                f"train`); check the folder, or start a run there without --resume"
+                f"nothing to resume: {args.output!r} holds no run (no last.pt written by `glocal train`); check the "
+                f"folder, or start a run there without --resume"
             )
-        values = load_recipe(saved)
+        try:
+            values = load_recipe(saved)
+        except (OSError, ValueError) as err:  # torn or missing: the training state holds the same config
+            logging.getLogger(__name__).warning("%s; resuming with the config held in %s", err, state)
+            values = run_config_of_state(state)
     if args.config:
         values |= load_recipe(args.config)
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw)
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from err
     values |= {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
     if args.resume:
         values["resume"] = True

@@ -131,11 +131,11 @@ class ImageFolder(ImageDataset):
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
 
     def _readable(self, path: Path) -> bool:
+        """Decode the whole file (PIL's ``verify`` passes truncated JPEGs, which would then fail mid-epoch)."""
         try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            logger.warning("skipping %s: not a readable image (%s)", path, err)
+            read_rgb(path)
+        except ValueError as err:
+            logger.warning("skipping %s", err)
             return False
         return True
 
@@ -147,11 +147,33 @@ class ImageFolder(ImageDataset):
         return load_image(path, self.load_size), label
 
 
+# PIL modes of 16- and 32-bit greyscale images (16-bit PNGs), which ``convert("RGB")`` would clip at 255.
+_WIDE_GREY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file decoded in full as 8-bit RGB; ``ValueError`` naming the file when it cannot be read (not an
+    image, truncated, corrupt, or over PIL's decompression-bomb limit). 16-bit greyscale is scaled, not clipped."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in _WIDE_GREY:
+                grey = np.asarray(image, dtype=np.float64) * (255 / _WIDE_GREY[image.mode])
+                return Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8)).convert("RGB")
+            return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"{path} is not read: its size exceeds PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            f"({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable image (corrupt, truncated or not an image: {err})") from err
+
+
 def load_image(path: str | Path, load_size: int) -> torch.Tensor:
     """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized, centre-cropped."""
-    with Image.open(path) as image:
-        image = _resize_short_center_crop(image.convert("RGB"), load_size)
-        array = np.asarray(image, dtype=np.uint8).copy()
+    image = _resize_short_center_crop(read_rgb(path), load_size)
+    array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
 
 

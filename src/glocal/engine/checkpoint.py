@@ -10,6 +10,7 @@ never a torn file.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from glocal.weights import open_checkpoint
+from glocal.weights import CheckpointError, open_checkpoint
 from glocal.weights.io import atomic_path
 
-__all__ = ["atomic_save", "capture_rng", "load_train_state", "restore_rng"]
+__all__ = ["atomic_save", "capture_rng", "load_train_state", "restore_rng", "run_config_of_state"]
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -54,7 +55,15 @@ def restore_rng(state: dict[str, Any]) -> None:
 def load_train_state(path: str | Path) -> dict[str, Any]:
     """Read a training state written by the engine (through :func:`glocal.weights.open_checkpoint`: tensors and
     plain data only)."""
-    ckpt = open_checkpoint(path)
+    try:
+        ckpt = open_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} is not a glocal training state (corrupt, truncated or foreign): {err}") from err
     if ckpt.train_state is None:
-        raise ValueError(f"{str(path)!r} is not a glocal training state (written by `glocal train`)")
+        raise CheckpointError(f"{path} is not a glocal training state (written by `glocal train`)")
     return ckpt.train_state
+
+
+def run_config_of_state(path: str | Path) -> dict[str, Any]:
+    """The training options a training state was written with (the same as its run's ``config.yaml``)."""
+    return json.loads(load_train_state(path)["config"])

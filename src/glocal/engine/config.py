@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from glocal.validate import check_fields
 
 __all__ = ["TrainConfig", "load_recipe"]
 
@@ -93,8 +96,7 @@ class TrainConfig:
                 "the training config needs a model name (--model NAME or `model:` in the recipe) or a --checkpoint "
                 "that holds one"
             )
-        converted = {k: tuple(v) if isinstance(v, list) and k != "model_kwargs" else v for k, v in values.items()}
-        return cls(**converted)
+        return cls(**check_fields(cls, values, where="training option", numeric_strings=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -112,6 +114,40 @@ class TrainConfig:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         if self.lr_base_size is not None and self.lr_base_size < 1:
             raise ValueError(f"lr_base_size must be a positive number of images, got {self.lr_base_size}")
+        inf = math.inf
+        # name: (low, high, low included, high included)
+        ranges = {
+            "lr": (0, inf, False, False), "min_lr": (0, inf, True, False), "weight_decay": (0, inf, True, False),
+            "momentum": (0, 1, True, False), "label_smoothing": (0, 1, True, False),
+            "warmup_epochs": (0, inf, True, False), "step_gamma": (0, inf, False, False),
+            "mixup": (0, inf, True, False), "cutmix": (0, inf, True, False), "mix_prob": (0, 1, True, True),
+            "mix_switch_prob": (0, 1, True, True), "hflip": (0, 1, True, True),
+        }  # fmt: skip
+        for name, (low, high, low_in, high_in) in ranges.items():
+            value = getattr(self, name)
+            above = low <= value if low_in else low < value
+            below = value <= high if high_in else value < high
+            if not (above and below):
+                interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+                raise ValueError(f"{name} must be in {interval}, got {value}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad must be a positive gradient norm (or null), got {self.clip_grad}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) (or null), got {self.ema_decay}")
+        for name in ("crop_scale", "crop_ratio"):
+            low, high = getattr(self, name)
+            top = 1.0 if name == "crop_scale" else math.inf
+            if not 0 < low <= high <= top:
+                rule = "0 < min <= max <= 1 (fractions of the image area)" if top == 1 else "0 < min <= max"
+                raise ValueError(f"{name} must be [min, max] with {rule}, got {[low, high]}")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 2:
+            raise ValueError(f"crop_pct must be in (0, 2], got {self.crop_pct}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or null: what the machine can give), got {self.threads}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be 0 or more data-loading processes (or null), got {self.workers}")
         size = self.img_size
         sizes = (size,) if isinstance(size, int) else tuple(size) if size is not None else (1,)
         if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s < 1 for s in sizes):
@@ -129,7 +165,16 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(
+            f"recipe {str(path)!r} is not valid YAML{line}: {problem} (recipes hold plain values only; YAML tags such "
+            f"as !!python/object are refused)"
+        ) from err
     if not isinstance(values, dict):
         raise ValueError(f"recipe {str(path)!r} must be a mapping of option: value")
     return values

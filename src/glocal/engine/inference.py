@@ -16,6 +16,7 @@ from torch import nn
 
 from glocal.engine.evaluate import eval_view
 from glocal.factory import create_model
+from glocal.validate import check_count
 from glocal.weights import Checkpoint, open_checkpoint
 
 __all__ = ["Restored", "predict", "restore_model"]
@@ -70,6 +71,7 @@ def restore_model(
 @torch.no_grad()
 def predict(restored: Restored, images: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """uint8 images (B, C, H, W) -> for each, the ``top_k`` (class, probability) pairs, most probable first."""
+    check_count(top_k, "top_k", minimum=1)
     x = eval_view(images, restored.img_size, restored.crop_pct, restored.mean, restored.std)
     probs = restored.model(x).float().softmax(-1)
     values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)

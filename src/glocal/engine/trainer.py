@@ -42,6 +42,7 @@ from glocal.factory import create_model
 from glocal.models._base import to_2tuple
 from glocal.registry import get_entry
 from glocal.weights import STATE_FORMAT, Checkpoint, checkpoint_config, open_checkpoint, save_checkpoint
+from glocal.weights.io import write_bytes_atomic
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
@@ -294,7 +295,7 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
     if cfg.resume:
         _restore(run, load_train_state(run.state_path))
     if info.is_main:
-        (out / CONFIG_NAME).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_bytes_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode(), out / CONFIG_NAME)
         _truncate_log(run.log_path, run.epoch)
         run.writer = _tensorboard(out)
     return run

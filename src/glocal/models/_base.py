@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from glocal.layers.linear import Linear, capturing_graph
+from glocal.validate import check_input_tensor
 
 __all__ = ["Backbone", "DataConfig", "FeatureInfo", "resolve_indices", "to_2tuple"]
 
@@ -121,13 +122,16 @@ class Backbone(nn.Module):
             )
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``check_input``, then ``x`` in this model's ``memory_format`` (a copy only when the layout differs).
+        """:func:`glocal.validate.check_input_tensor` (a tensor of the model's dtype, finite, of a size that fits in
+        memory), ``check_input``, then ``x`` in this model's ``memory_format`` (a copy only when the layout differs).
 
         Traced and exported graphs get ``x`` as it is: a layout is an eager-mode speed matter (ONNX has none), and
         strides baked into a graph with dynamic sizes can make its reshapes fail."""
-        self.check_input(x)
         if capturing_graph():
+            self.check_input(x)
             return x
+        x = check_input_tensor(self, x)
+        self.check_input(x)
         return x.contiguous(memory_format=self.memory_format)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

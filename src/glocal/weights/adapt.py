@@ -113,6 +113,14 @@ def check_fit(state_dict: StateDict, model: nn.Module, *, allow_missing: tuple[s
     )
     unexpected = sorted(k for k in given if k not in own)
     shapes = sorted(k for k in given if k in own and given[k] != own[k])
+    own_float = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    kinds = sorted(k for k in given if k in own_float and not state_dict[k].is_floating_point())
+    if kinds:
+        listed = ", ".join(f"{k} ({state_dict[k].dtype})" for k in kinds[:5])
+        raise CheckpointMismatchError(
+            f"the checkpoint holds {len(kinds)} non-floating tensor(s) where {type(model).__name__} has floating "
+            f"parameters, which would be converted silently: {listed}{' ...' if len(kinds) > 5 else ''}"
+        )
     if not (missing or unexpected or shapes):
         return
     lines = [

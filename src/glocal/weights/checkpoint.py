@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from glocal.weights.glocal_format import CONFIG_NAME, WEIGHTS_NAME, is_glocal_checkpoint, read_glocal_checkpoint
+from glocal.validate import check_fields
+from glocal.weights.glocal_format import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    is_glocal_checkpoint,
+    read_glocal_checkpoint,
+    recover_interrupted_save,
+)
 from glocal.weights.io import CheckpointError, read_tensors, unwrap_state_dict
 
 __all__ = ["Checkpoint", "STATE_FORMAT", "is_train_state", "open_checkpoint", "resolve_model_name"]
@@ -71,6 +78,28 @@ def is_train_state(content: Any) -> bool:
     return isinstance(content, dict) and content.get("format") == STATE_FORMAT
 
 
+@dataclass(frozen=True)
+class _SavedConfig:
+    """The types of the settings a glocal ``config.json`` (or a training state) holds, checked on reading."""
+
+    model_name: str | None = None
+    config: dict[str, Any] | None = None
+    num_classes: int | None = None
+    in_chans: int | None = None
+    data_config: dict[str, Any] | None = None
+    classes: tuple[str, ...] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _SavedDataConfig:
+    input_size: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+
+
 def open_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> Checkpoint:
     """Read ``path`` once and say what it is (see the module docstring).
 
@@ -79,6 +108,7 @@ def open_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> Checkpoint
     ``CheckpointError`` for a folder that is not a glocal checkpoint or a file that cannot be read safely.
     """
     path = Path(path)
+    recover_interrupted_save(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint file or folder at {path}")
     if path.is_dir():
@@ -120,6 +150,20 @@ def _from_config(
     path: Path, kind: str, tensors: dict[str, torch.Tensor], config: dict[str, Any], **extra: Any
 ) -> Checkpoint:
     """A checkpoint described by glocal's ``config.json`` content (a folder's, or the one a training state holds)."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a mapping of settings")
+    where = f"{path}: saved"
+    try:
+        config = check_fields(_SavedConfig, config, where=where)
+        if config.get("data_config") is not None:
+            config["data_config"] = check_fields(_SavedDataConfig, config["data_config"], where=f"{where} data_config")
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(str(err)) from err
+    for key, minimum in (("num_classes", 0), ("in_chans", 1)):
+        if config.get(key) is not None and config[key] < minimum:
+            raise CheckpointError(f"{where} {key!r} must be at least {minimum}, got {config[key]}")
+    if any(n < 1 for n in (config.get("data_config") or {}).get("input_size") or ()):
+        raise CheckpointError(f"{where} input_size must be positive, got {config['data_config']['input_size']}")
     data_config = config.get("data_config") or None
     input_size = tuple(data_config["input_size"][1:]) if data_config and data_config.get("input_size") else None
     classes = config.get("classes")

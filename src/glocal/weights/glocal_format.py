@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glocal.weights.io import CheckpointError, write_bytes_atomic
+from glocal.weights.io import CheckpointError, remove_stale_temporaries, temporary_prefix, write_bytes_atomic
 
 __all__ = [
     "CONFIG_NAME",
@@ -39,6 +39,7 @@ __all__ = [
     "is_glocal_checkpoint",
     "read_glocal_checkpoint",
     "read_glocal_config",
+    "recover_interrupted_save",
     "save_checkpoint",
 ]
 
@@ -114,6 +115,9 @@ def save_checkpoint(
     from safetensors.torch import save
 
     path = Path(path)
+    recover_interrupted_save(path)
+    if path.is_file() or path.is_symlink() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; a glocal checkpoint is a folder: give a folder path")
     if path.exists() and not is_glocal_checkpoint(path) and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a glocal checkpoint folder; refusing to replace it")
     config = checkpoint_config(model, classes=classes, metrics=metrics)
@@ -122,24 +126,44 @@ def save_checkpoint(
     name = config["model_name"]
     if name is None:
         _log.warning("saving a model without a registered name: create_model cannot rebuild it from %s alone", path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         write_bytes_atomic(save(tensors, metadata={"format": "pt", "glocal_model": str(name)}), tmp / WEIGHTS_NAME)
         write_bytes_atomic((json.dumps(config, indent=2) + "\n").encode(), tmp / CONFIG_NAME)
         _fsync_dir(tmp)
-        old = None
+        old = _previous(path)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+            os.replace(path, old)  # a kill from here to the next rename leaves only `old`: recover_interrupted_save
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        if old is not None:
+        if old.exists():
             shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _log.info("saved %s (%d tensors) to %s", name, len(tensors), path)
     return path
+
+
+def _previous(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the folder it replaces during the swap."""
+    return path.with_name(f".{path.name}.previous")
+
+
+def recover_interrupted_save(path: str | os.PathLike) -> None:
+    """Finish what a :func:`save_checkpoint` killed mid-way left at ``path``: a swap cut between its two renames
+    (the folder absent, the previous one set aside) is rolled back to the previous folder; a previous folder left
+    after a finished swap is removed; temporaries of dead writers are removed. Called by every save and load."""
+    path = Path(path)
+    previous = _previous(path)
+    if previous.is_dir():
+        if path.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(previous, path)
+            _log.warning("%s: an interrupted save had set this checkpoint aside; restored it", path)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path)
 
 
 def _version() -> str:

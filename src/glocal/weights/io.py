@@ -22,10 +22,13 @@ Releases nest their weights (DeiT and Twins under ``model``, VOLO and T2T-ViT un
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import logging
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -42,6 +45,8 @@ __all__ = [
     "read_tensors",
     "unwrap_state_dict",
     "atomic_path",
+    "remove_stale_temporaries",
+    "temporary_prefix",
     "write_bytes_atomic",
 ]
 
@@ -264,8 +269,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     folder), on failure remove it. Readers see the old file or the complete new one, never a torn write, even if the
     process is killed."""
     path = Path(path)
+    blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"cannot write {path}: {blocking} is a file, not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -281,6 +292,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name prefix of this process's temporaries for ``path``: hidden, beside it, with the writer's PID so that a
+    later writer can tell a dead writer's leftovers from a live one's."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries (files or folders ``.NAME.PID.*.tmp``) that writers of ``path`` killed before they
+    finished left beside it; those of processes still running are kept. Returns what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\..*\.tmp$")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    if removed:
+        _log.info("removed %d temporaries of interrupted writes to %s", len(removed), path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
