@@ -1,0 +1,190 @@
+"""Released weights by name: timm's ``architecture.tag`` convention, each tag's source and preprocessing as data.
+
+Every record is transcribed from its source, never guessed; ``origin`` cites where. Hugging Face sources are fetched
+by ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``); a tag only loads weights and sets the preprocessing it was
+evaluated with, it never changes the architecture.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from glocal.models._base import IMAGENET_MEAN, IMAGENET_STD
+from glocal.registry import get_entry
+
+__all__ = [
+    "NO_PUBLIC_WEIGHTS",
+    "PretrainedTag",
+    "get_pretrained",
+    "is_cached",
+    "list_pretrained",
+    "pretrained_file",
+]
+
+
+@dataclass(frozen=True)
+class PretrainedTag:
+    """One public release: where it is, how it is laid out, and the eval view its reported top-1 was measured with."""
+
+    model: str
+    tag: str
+    hf_hub_id: str
+    revision: str
+    filename: str
+    layout: str | None  # None: detected from the keys (glocal's names)
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+    interpolation: str
+    num_classes: int
+    label_set: str
+    top1: float | None
+    top1_resolution: int | None
+    licence: str
+    origin: str
+    url: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    @property
+    def data_config(self) -> dict:
+        return {
+            "input_size": self.input_size,
+            "mean": self.mean,
+            "std": self.std,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
+
+
+_TIMM_TWINS = "huggingface/pytorch-image-models timm/models/twins.py default_cfgs (_cfg: crop_pct .9, bicubic)"
+_TIMM_VOLO = "huggingface/pytorch-image-models timm/models/volo.py default_cfgs (_cfg: bicubic, ImageNet mean/std)"
+_TIMM_VIT = "huggingface/pytorch-image-models timm/models/vision_transformer.py default_cfgs (augreg: mean=std=0.5)"
+# The licence of each release is not in the sources read here (their LICENSE files were not in the stored
+# snapshots); it is stated as unverified rather than guessed.
+_UNVERIFIED = "unverified"
+
+
+def _timm(
+    model: str,
+    tag: str,
+    origin: str,
+    *,
+    crop_pct: float,
+    size: int = 224,
+    top1=None,
+    top1_at=None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    layout=None,
+    url=None,
+) -> PretrainedTag:
+    return PretrainedTag(
+        model=model, tag=tag, hf_hub_id=f"timm/{model}.{tag}", revision="main", filename="model.safetensors",
+        layout=layout, input_size=(3, size, size), mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
+        interpolation="bicubic", num_classes=1000, label_set="imagenet-1k", top1=top1,
+        top1_resolution=top1_at if top1 is not None else None, licence=_UNVERIFIED, origin=origin, url=url,
+    )  # fmt: skip
+
+
+_VOLO_URL = "https://github.com/sail-sg/volo/releases/download/volo_1/"
+# VOLO: the top-1 is the figure in the official file name (d1_224_84.2.pth.tar), at the tag's resolution.
+_VOLO = [
+    ("volo_d1_224", 0.96, 224, "d1_224_84.2.pth.tar", 84.2), ("volo_d1_384", 1.0, 384, "d1_384_85.2.pth.tar", 85.2),
+    ("volo_d2_224", 0.96, 224, "d2_224_85.2.pth.tar", 85.2), ("volo_d2_384", 1.0, 384, "d2_384_86.0.pth.tar", 86.0),
+    ("volo_d3_224", 0.96, 224, "d3_224_85.4.pth.tar", 85.4), ("volo_d3_448", 1.0, 448, "d3_448_86.3.pth.tar", 86.3),
+    ("volo_d4_224", 0.96, 224, "d4_224_85.7.pth.tar", 85.7), ("volo_d4_448", 1.15, 448, "d4_448_86.79.pth.tar", 86.79),
+    ("volo_d5_224", 0.96, 224, "d5_224_86.10.pth.tar", 86.10), ("volo_d5_448", 1.15, 448, "d5_448_87.0.pth.tar", 87.0),
+    ("volo_d5_512", 1.15, 512, "d5_512_87.07.pth.tar", 87.07),
+]  # fmt: skip
+
+_TAGS: dict[str, PretrainedTag] = {}
+for _model in ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_small", "twins_svt_base",
+               "twins_svt_large"):  # fmt: skip
+    # Twins: the top-1 is the paper's (the registry's PaperFigures), at 224.
+    _TAGS[f"{_model}.in1k"] = _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, top1=None)
+for _model, _crop, _size, _file, _top1 in _VOLO:
+    _TAGS[f"{_model}.sail_in1k"] = _timm(
+        _model, "sail_in1k", _VOLO, crop_pct=_crop, size=_size, top1=_top1, top1_at=_size, url=_VOLO_URL + _file
+    )
+_TAGS["vit_small_patch16_224.augreg_in21k_ft_in1k"] = _timm(
+    "vit_small_patch16_224", "augreg_in21k_ft_in1k", _TIMM_VIT, crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3,
+    layout="timm-vit-augreg",
+    url="https://storage.googleapis.com/vit_models/augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
+    "--imagenet2012-steps_20k-lr_0.03-res_224.npz",
+)  # fmt: skip
+
+# Registered models with no public ImageNet-1k classification weights, and why.
+NO_PUBLIC_WEIGHTS = {
+    "nlresnet50": "non-local blocks were released for video (Kinetics) and detection (COCO), not ImageNet classifiers",
+    "snlresnet50": "no ImageNet classification weights were released",
+    "gcresnet50": "GCNet released COCO detectors only (backbone loadable from them, classifier not)",
+    "gcresnet101": "GCNet released COCO detectors only (backbone loadable from them, classifier not)",
+    "botnet50": "BoTNet's authors released no weights",
+}
+
+
+def _with_paper_top1(record: PretrainedTag) -> PretrainedTag:
+    if record.top1 is not None:
+        return record
+    paper = get_entry(record.model).paper
+    return replace(record, top1=paper.top1, top1_resolution=record.input_size[-1] if paper.top1 else None)
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+    """Every tag (``model.tag``), sorted, optionally filtered by a glob pattern (``'volo_*'``)."""
+    names = sorted(_TAGS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def get_pretrained(name: str, pretrained: bool | str = True) -> PretrainedTag:
+    """The record of ``name`` (``model`` or ``model.tag``) for ``pretrained`` (True: the model's default tag, the
+    first listed; a string: that tag). Raises ``ValueError`` naming the tags there are."""
+    model, _, tag = name.partition(".")
+    if isinstance(pretrained, str):
+        if tag and tag != pretrained:
+            raise ValueError(f"{name!r} names tag {tag!r} but pretrained={pretrained!r}")
+        tag = pretrained
+    get_entry(model)
+    if model in NO_PUBLIC_WEIGHTS:
+        raise ValueError(f"{model!r} has no public ImageNet weights: {NO_PUBLIC_WEIGHTS[model]}; pass checkpoint=PATH")
+    tags = [t for t in list_pretrained() if t.partition(".")[0] == model]
+    if not tags:
+        raise ValueError(f"{model!r} has no registered weights yet; pass checkpoint=PATH (see `glocal weights`)")
+    full = f"{model}.{tag}" if tag else tags[0]
+    if full not in _TAGS:
+        raise ValueError(f"unknown weight tag {full!r}; {model!r} has {tags}")
+    return _with_paper_top1(_TAGS[full])
+
+
+def pretrained_file(record: PretrainedTag) -> Path:
+    """The local file of ``record``: from huggingface_hub's cache, downloaded unless ``HF_HUB_OFFLINE`` is set.
+
+    Offline and not cached, raises ``FileNotFoundError`` naming the file, where to put it and ``checkpoint=PATH``.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(record.hf_hub_id, record.filename, revision=record.revision))
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(
+            f"the weights of {record.name} ({record.hf_hub_id}/{record.filename} at revision {record.revision}) are "
+            f"not in the Hugging Face cache ({os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}) and "
+            f"cannot be downloaded (offline). Download them where there is network (`hf download "
+            f"{record.hf_hub_id}`), or pass the file itself: create_model({record.model!r}, checkpoint=PATH)"
+        ) from err
+
+
+def is_cached(record: PretrainedTag) -> bool:
+    """Whether ``record``'s file is in huggingface_hub's cache (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(record.hf_hub_id, record.filename, revision=record.revision)
+    return isinstance(found, str)
