@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +51,10 @@ def test_every_tag_record_is_complete(name):
     record = get_pretrained(name)
     assert record.name == name and record.model in glocal.list_models()
     assert record.model not in NO_PUBLIC_WEIGHTS
-    assert record.hf_hub_id == f"timm/{name}" and record.revision and record.filename.endswith(".safetensors")
+    if record.hf_hub_id is not None:  # timm's hub repos: timm/<model>.<tag>, safetensors
+        assert record.hf_hub_id == f"timm/{name}" and record.revision and record.filename.endswith(".safetensors")
+    else:
+        assert record.url.startswith("https://github.com/") and record.url.endswith("/" + record.filename)
     assert record.origin and record.licence and record.label_set == "imagenet-1k" and record.num_classes == 1000
     assert record.interpolation == "bicubic" and 0.5 < record.crop_pct <= 1.15
     assert len(record.mean) == len(record.std) == 3 and record.input_size[0] == 3
@@ -139,3 +146,122 @@ def test_weights_cli_lists_tags_and_models_without_weights(tmp_path, monkeypatch
     assert "volo_d1_224.sail_in1k" in out and "84.20" in out and "no" in out
     assert main(["weights", "botnet*"]) == 0
     assert "botnet50: no public ImageNet weights" in capsys.readouterr().out
+
+
+class _Server:
+    """A real HTTP server on 127.0.0.1 serving ``files`` (name -> bytes); ``truncate`` names files whose transfer
+    stops halfway (Content-Length promises the whole file). Counts requests per path."""
+
+    def __init__(self, files: dict[str, bytes], truncate: tuple[str, ...] = ()) -> None:
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.hits[name] = server.hits.get(name, 0) + 1
+                if name not in files:
+                    self.send_error(404)
+                    return
+                body = files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.hits: dict[str, int] = {}
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def glocal_home(tmp_path, monkeypatch):
+    home = tmp_path / "glocal-home"
+    monkeypatch.setenv("GLOCAL_HOME", str(home))
+    monkeypatch.delenv("GLOCAL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return home
+
+
+def _official_t2t_file(tmp_path) -> tuple[bytes, torch.nn.Module, torch.nn.Module]:
+    """A .pth.tar as T2T-ViT's releases are laid out (official Performer names, state_dict + state_dict_ema)."""
+    from glocal.weights import export_state_dict
+
+    torch.manual_seed(0)
+    live, ema = glocal.create_model("t2t_vit_7").eval(), glocal.create_model("t2t_vit_7").eval()
+    content = {
+        "state_dict": export_state_dict(live, "t2t-official"),
+        "state_dict_ema": export_state_dict(ema, "t2t-official"),
+        "epoch": 309,
+    }
+    path = tmp_path / "release.pth.tar"
+    torch.save(content, path)
+    return path.read_bytes(), live, ema
+
+
+def test_url_source_download_cache_hit_and_logits(tmp_path, monkeypatch, glocal_home):
+    import glocal.pretrained as pretrained
+
+    body, _, ema = _official_t2t_file(tmp_path)
+    server = _Server({"71.7_T2T_ViT_7.pth.tar": body})
+    try:
+        record = pretrained._TAGS["t2t_vit_7.official_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, url=server.url + record.filename))
+        model = glocal.create_model("t2t_vit_7", pretrained=True).eval()
+        again = glocal.create_model("t2t_vit_7", pretrained=True).eval()
+    finally:
+        server.close()
+    assert server.hits == {"71.7_T2T_ViT_7.pth.tar": 1}  # the second call was a cache hit
+    cached = glocal_home / "checkpoints" / "71.7_T2T_ViT_7.pth.tar"
+    assert cached.read_bytes() == body
+    manifest = json.loads((glocal_home / "manifest.json").read_text())
+    assert manifest[cached.name]["sha256"] == hashlib.sha256(body).hexdigest()  # no published hash: recorded
+    x = create_transform(model.pretrained_cfg)(_image())[None]
+    with torch.no_grad():  # the EMA weights, as the README says, give the source's logits
+        torch.testing.assert_close(model(x), ema(x), rtol=0, atol=0)
+        torch.testing.assert_close(again(x), ema(x), rtol=0, atol=0)
+
+
+def test_url_hash_mismatch_is_refused_and_nothing_cached(glocal_home):
+    from glocal.pretrained import download_url
+
+    server = _Server({"weights-deadbeef.pth": b"not the published file"})
+    try:
+        with pytest.raises(ValueError, match="does not start with deadbeef"):
+            download_url(server.url + "weights-deadbeef.pth", progress=False)
+    finally:
+        server.close()
+    assert not any(p.is_file() for p in glocal_home.rglob("*"))
+
+
+def test_interrupted_transfer_leaves_nothing_half_written(glocal_home):
+    from http.client import IncompleteRead
+
+    from glocal.pretrained import download_url
+
+    server = _Server({"big.pth": bytes(range(256)) * 4096}, truncate=("big.pth",))
+    try:
+        with pytest.raises((OSError, IncompleteRead)):
+            download_url(server.url + "big.pth", progress=False)
+    finally:
+        server.close()
+    assert not any(p.is_file() for p in glocal_home.rglob("*"))
+
+
+def test_url_source_offline_not_cached(glocal_home, monkeypatch):
+    monkeypatch.setenv("GLOCAL_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as err:
+        glocal.create_model("t2t_vit_14", pretrained=True)
+    message = str(err.value)
+    assert "81.5_T2T_ViT_14.pth.tar" in message and str(glocal_home / "checkpoints") in message
+    assert "checkpoint=PATH" in message

@@ -68,7 +68,7 @@ def create_model(
         record = get_pretrained(name, pretrained if isinstance(pretrained, str) else True)
         name = record.model
         if pretrained:
-            checkpoint, layout = pretrained_file(record), layout or record.layout
+            checkpoint, layout, ema = pretrained_file(record), layout or record.layout, ema or record.ema
     ckpt = (
         checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else open_checkpoint(checkpoint, ema=ema)
     )

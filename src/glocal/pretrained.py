@@ -1,23 +1,34 @@
 """Released weights by name: timm's ``architecture.tag`` convention, each tag's source and preprocessing as data.
 
 Every record is transcribed from its source, never guessed; ``origin`` cites where. Hugging Face sources are fetched
-by ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``); a tag only loads weights and sets the preprocessing it was
-evaluated with, it never changes the architecture.
+by ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``); URL sources (official GitHub releases) are streamed into one
+cache folder (``$GLOCAL_HOME``, default ``~/.cache/glocal``) through a temporary file renamed when complete, checked
+against the sha256 prefix in the file name where the source publishes one (torch.hub's ``name-<hash>.ext``
+convention) and otherwise recorded in the cache's ``manifest.json``. ``GLOCAL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``
+never touches the network. A tag only loads weights and sets the preprocessing it was evaluated with; it never
+changes the architecture.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
+import re
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from glocal.models._base import IMAGENET_MEAN, IMAGENET_STD
 from glocal.registry import get_entry
+from glocal.weights.io import atomic_path, write_bytes_atomic
 
 __all__ = [
     "NO_PUBLIC_WEIGHTS",
     "PretrainedTag",
+    "cache_dir",
+    "download_url",
     "get_pretrained",
     "is_cached",
     "list_pretrained",
@@ -31,8 +42,8 @@ class PretrainedTag:
 
     model: str
     tag: str
-    hf_hub_id: str
-    revision: str
+    hf_hub_id: str | None  # None: the file is fetched from ``url``
+    revision: str | None
     filename: str
     layout: str | None  # None: detected from the keys (glocal's names)
     input_size: tuple[int, int, int]
@@ -47,6 +58,11 @@ class PretrainedTag:
     licence: str
     origin: str
     url: str | None = None
+    ema: bool = False  # take the file's EMA weights (state_dict_ema), as the source's README says
+
+    @property
+    def source(self) -> str:
+        return f"hf:{self.hf_hub_id}@{self.revision}" if self.hf_hub_id else str(self.url)
 
     @property
     def name(self) -> str:
@@ -120,6 +136,26 @@ _TAGS["vit_small_patch16_224.augreg_in21k_ft_in1k"] = _timm(
     "--imagenet2012-steps_20k-lr_0.03-res_224.npz",
 )  # fmt: skip
 
+_T2T_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
+_T2T_ORIGIN = ("yitu-opensource/T2T-ViT README.md model tables (file, top-1) and models/t2t_vit.py _cfg (crop_pct .9, "
+               "bicubic, ImageNet mean/std); licence from the file header")  # fmt: skip
+# The official release files, their top-1 (224 px), and whether the T2T module is Performer (own key names).
+_T2T = [
+    ("t2t_vit_7", "71.7_T2T_ViT_7.pth.tar", 71.7), ("t2t_vit_10", "75.2_T2T_ViT_10.pth.tar", 75.2),
+    ("t2t_vit_12", "76.5_T2T_ViT_12.pth.tar", 76.5), ("t2t_vit_14", "81.5_T2T_ViT_14.pth.tar", 81.5),
+    ("t2t_vit_19", "81.9_T2T_ViT_19.pth.tar", 81.9), ("t2t_vit_24", "82.3_T2T_ViT_24.pth.tar", 82.3),
+    ("t2t_vit_t_14", "81.7_T2T_ViTt_14.pth.tar", 81.7), ("t2t_vit_t_19", "82.4_T2T_ViTt_19.pth.tar", 82.4),
+    ("t2t_vit_t_24", "82.6_T2T_ViTt_24.pth.tar", 82.6),
+]  # fmt: skip
+for _model, _file, _top1 in _T2T:
+    _TAGS[f"{_model}.official_in1k"] = PretrainedTag(
+        model=_model, tag="official_in1k", hf_hub_id=None, revision=None, filename=_file,
+        layout=None if "_t_" in _model else "t2t-official", input_size=(3, 224, 224), mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, crop_pct=0.9, interpolation="bicubic", num_classes=1000, label_set="imagenet-1k",
+        top1=_top1, top1_resolution=224, licence="Clear BSD (Shanghai Yitu Technology)", origin=_T2T_ORIGIN,
+        url=_T2T_URL + _file, ema=True,
+    )  # fmt: skip
+
 # Registered models with no public ImageNet-1k classification weights, and why.
 NO_PUBLIC_WEIGHTS = {
     "nlresnet50": "non-local blocks were released for video (Kinetics) and detection (COCO), not ImageNet classifiers",
@@ -163,11 +199,86 @@ def get_pretrained(name: str, pretrained: bool | str = True) -> PretrainedTag:
     return _with_paper_top1(_TAGS[full])
 
 
+def cache_dir() -> Path:
+    """Where URL sources are cached: ``$GLOCAL_HOME``, default ``~/.cache/glocal``."""
+    return Path(os.environ.get("GLOCAL_HOME") or Path.home() / ".cache" / "glocal")
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("GLOCAL_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{8,64})\.")
+
+
+def download_url(url: str, filename: str | None = None, *, progress: bool = True) -> Path:
+    """``url`` as a file in :func:`cache_dir` (``checkpoints/FILENAME``): the cached file when there is one, else
+    streamed into a temporary file, checked and renamed. A ``-<hex>.`` in the file name is the sha256 prefix the
+    file must have (torch.hub's convention): a mismatch raises ``ValueError`` and leaves nothing in the cache.
+    Without one, the file's sha256 is recorded in ``manifest.json``. Offline and not cached: ``FileNotFoundError``."""
+    filename = filename or url.rsplit("/", 1)[-1]
+    dest = cache_dir() / "checkpoints" / filename
+    if dest.is_file():
+        return dest
+    if _offline():
+        raise FileNotFoundError(
+            f"{filename} is not cached and glocal is offline (GLOCAL_OFFLINE / HF_HUB_OFFLINE). Download {url} and "
+            f"put it at {dest}, or pass the file itself: create_model(NAME, checkpoint=PATH)"
+        )
+    expected = _HASH_PREFIX.search(filename)
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with _progress(filename, total, progress) as advance:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    advance(len(chunk))
+            if total is not None and out.tell() != total:
+                raise OSError(f"download of {url} stopped at {out.tell()} of {total} bytes")
+        sha256 = digest.hexdigest()
+        if expected and not sha256.startswith(expected.group(1)):
+            raise ValueError(f"{url}: sha256 {sha256} does not start with {expected.group(1)} (its name's hash)")
+    if not expected:
+        manifest = cache_dir() / "manifest.json"
+        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        entries[filename] = {"url": url, "sha256": sha256}
+        write_bytes_atomic(json.dumps(entries, indent=1, sort_keys=True).encode(), manifest)
+    return dest
+
+
+class _progress:
+    """A rich progress bar over a download (silent when ``enabled`` is False); yields ``advance(n_bytes)``."""
+
+    def __init__(self, name: str, total: int | None, enabled: bool) -> None:
+        self.name, self.total, self.enabled = name, total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        self.bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(f"downloading {self.name}", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
 def pretrained_file(record: PretrainedTag) -> Path:
-    """The local file of ``record``: from huggingface_hub's cache, downloaded unless ``HF_HUB_OFFLINE`` is set.
+    """The local file of ``record``: from huggingface_hub's cache (downloaded unless ``HF_HUB_OFFLINE`` is set), or
+    for URL sources from :func:`download_url`.
 
     Offline and not cached, raises ``FileNotFoundError`` naming the file, where to put it and ``checkpoint=PATH``.
     """
+    if record.hf_hub_id is None:
+        return download_url(str(record.url), record.filename)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -184,6 +295,8 @@ def pretrained_file(record: PretrainedTag) -> Path:
 
 def is_cached(record: PretrainedTag) -> bool:
     """Whether ``record``'s file is in huggingface_hub's cache (nothing is downloaded)."""
+    if record.hf_hub_id is None:
+        return (cache_dir() / "checkpoints" / record.filename).is_file()
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(record.hf_hub_id, record.filename, revision=record.revision)

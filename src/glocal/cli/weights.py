@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             top1 = f"{record.top1:.2f} @{record.top1_resolution}" if record.top1 is not None else "-"
             size = "x".join(map(str, record.input_size[1:]))
             cached = "yes" if is_cached(record) else "no"
-            table.add_row(name, f"hf:{record.hf_hub_id}@{record.revision}", size, top1, record.licence, cached)
+            table.add_row(name, record.source, size, top1, record.licence, cached)
         console.print(table)
     for model, why in without.items():
         console.print(f"{model}: no public ImageNet weights ({why})", soft_wrap=True)
