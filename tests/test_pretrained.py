@@ -265,3 +265,59 @@ def test_url_source_offline_not_cached(glocal_home, monkeypatch):
     message = str(err.value)
     assert "81.5_T2T_ViT_14.pth.tar" in message and str(glocal_home / "checkpoints") in message
     assert "checkpoint=PATH" in message
+
+
+def test_imagenet_label_set_is_shipped():
+    from glocal.data.imagenet import imagenet1k_classes, imagenet1k_synsets
+
+    synsets, names = imagenet1k_synsets(), imagenet1k_classes()
+    assert len(synsets) == len(set(synsets)) == len(names) == 1000 and list(synsets) == sorted(synsets)
+    assert (synsets[0], names[0]) == ("n01440764", "tench") and (synsets[-1], names[-1]) == (
+        "n15075141",
+        "toilet tissue",
+    )
+    assert get_pretrained("volo_d1_224").classes == names
+
+
+def test_validate_on_a_synset_named_image_folder(tmp_path, monkeypatch, glocal_home, capsys):
+    import glocal.pretrained as pretrained
+    from glocal.data.imagenet import imagenet1k_synsets
+
+    body, _, ema = _official_t2t_file(tmp_path)
+    synsets = imagenet1k_synsets()
+    rng = np.random.default_rng(1)
+    images, targets = [], []
+    for k, synset in enumerate((synsets[3], synsets[500], synsets[999])):
+        (tmp_path / "val" / synset).mkdir(parents=True)
+        for i in range(2):
+            array = rng.integers(0, 256, (240 + 10 * i, 260, 3), dtype=np.uint8)
+            Image.fromarray(array).save(tmp_path / "val" / synset / f"{i}.png")
+            images.append(Image.fromarray(array))
+            targets.append((3, 500, 999)[k])
+    # The expected figures from the source's model on the view built here with PIL alone: shorter side to
+    # floor(224 / 0.9) = 248 bicubic, centre 224 crop, ImageNet mean/std.
+    views = []
+    for image in images:
+        w, h = image.size
+        new = (round(w * 248 / h), 248)
+        left, top = round((new[0] - 224) / 2), round((new[1] - 224) / 2)
+        crop = np.asarray(image.resize(new, Image.Resampling.BICUBIC))[top : top + 224, left : left + 224].copy()
+        views.append(normalize(torch.from_numpy(crop).permute(2, 0, 1)[None], glocal.models._base.IMAGENET_MEAN,
+                               glocal.models._base.IMAGENET_STD)[0])  # fmt: skip
+    with torch.no_grad():
+        ranked = ema(torch.stack(views)).topk(5, dim=-1).indices
+    hit = ranked == torch.tensor(targets)[:, None]
+    expected_top1, expected_top5 = 100 * hit[:, 0].float().mean().item(), 100 * hit.any(-1).float().mean().item()
+    server = _Server({"71.7_T2T_ViT_7.pth.tar": body})
+    try:
+        record = pretrained._TAGS["t2t_vit_7.official_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, url=server.url + record.filename))
+        assert main(["validate", "t2t_vit_7", "--data", str(tmp_path / "val"), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert main(["validate", "t2t_vit_7", "--pretrained", "official_in1k", "--data", str(tmp_path / "val")]) == 0
+        text = capsys.readouterr().out
+    finally:
+        server.close()
+    assert result["images"] == 6 and result["reported_top1"] == 71.7
+    assert result["top1"] == pytest.approx(expected_top1) and result["top5"] == pytest.approx(expected_top5)
+    assert "reported top-1 71.70% at 224 px" in text and "resize shorter side to 248 (bicubic)" in text

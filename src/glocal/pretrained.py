@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from glocal.data.imagenet import imagenet1k_classes
 from glocal.models._base import IMAGENET_MEAN, IMAGENET_STD
 from glocal.registry import get_entry
 from glocal.weights.io import atomic_path, write_bytes_atomic
@@ -59,6 +60,11 @@ class PretrainedTag:
     origin: str
     url: str | None = None
     ema: bool = False  # take the file's EMA weights (state_dict_ema), as the source's README says
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the label set, in classifier order."""
+        return imagenet1k_classes()
 
     @property
     def source(self) -> str:
