@@ -56,7 +56,7 @@ def test_every_tag_record_is_complete(name):
     else:
         assert record.url.startswith("https://github.com/") and record.url.endswith("/" + record.filename)
     assert record.origin and record.licence and record.label_set == "imagenet-1k" and record.num_classes == 1000
-    assert record.interpolation == "bicubic" and 0.5 < record.crop_pct <= 1.15
+    assert record.interpolation in ("bicubic", "bilinear") and 0.5 < record.crop_pct <= 1.15
     assert len(record.mean) == len(record.std) == 3 and record.input_size[0] == 3
     assert record.input_size == glocal.model_info(record.model)["input_size"]  # a tag never changes the architecture
     assert record.top1 is None or record.top1_resolution == record.input_size[-1]
@@ -69,6 +69,10 @@ def test_transcribed_preprocessing():
     augreg = get_pretrained("vit_small_patch16_224.augreg_in21k_ft_in1k")
     assert augreg.mean == augreg.std == (0.5, 0.5, 0.5) and augreg.layout == "timm-vit-augreg"
     assert get_pretrained("twins_svt_small", "in1k").crop_pct == 0.9
+    tv = get_pretrained("resnet50.tv_in1k")
+    assert (tv.interpolation, tv.crop_pct, tv.licence) == ("bilinear", 0.875, "bsd-3-clause")
+    assert get_pretrained("vit_base_patch16_384.augreg_in1k").crop_pct == 1.0
+    assert get_pretrained("seresnet50").url.endswith("v0.1-cadene/se_resnet50-ce0d4300.pth")
 
 
 def test_models_without_weights_refuse_clearly():
@@ -321,3 +325,34 @@ def test_validate_on_a_synset_named_image_folder(tmp_path, monkeypatch, glocal_h
     assert result["images"] == 6 and result["reported_top1"] == 71.7
     assert result["top1"] == pytest.approx(expected_top1) and result["top5"] == pytest.approx(expected_top5)
     assert "reported top-1 71.70% at 224 px" in text and "resize shorter side to 248 (bicubic)" in text
+
+
+def test_hash_named_url_source_in_the_caffe_port_layout(tmp_path, monkeypatch, glocal_home):
+    """seresnet50.cadene_in1k: a file in Cadene's names (timm's legacy_seresnet50), served under a torch.hub name
+    carrying its own sha256 prefix, is accepted, cached (no manifest entry needed) and gives the source's logits."""
+    import io
+
+    import glocal.pretrained as pretrained
+    from glocal.weights import export_state_dict
+
+    torch.manual_seed(0)
+    source = glocal.create_model("seresnet50").eval()
+    for module in source.modules():  # non-trivial BatchNorm statistics, so a misplaced tensor shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    buffer = io.BytesIO()
+    torch.save(export_state_dict(source, "timm-legacy-seresnet"), buffer)
+    body = buffer.getvalue()
+    name = f"se_resnet50-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    server = _Server({name: body})
+    try:
+        record = pretrained._TAGS["seresnet50.cadene_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, filename=name, url=server.url + name))
+        model = glocal.create_model("seresnet50", pretrained=True).eval()
+    finally:
+        server.close()
+    assert (glocal_home / "checkpoints" / name).read_bytes() == body and not (glocal_home / "manifest.json").exists()
+    x = create_transform(model.pretrained_cfg)(_image())[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)

@@ -87,9 +87,11 @@ class PretrainedTag:
 
 _TIMM_TWINS = "huggingface/pytorch-image-models timm/models/twins.py default_cfgs (_cfg: crop_pct .9, bicubic)"
 _TIMM_VOLO = "huggingface/pytorch-image-models timm/models/volo.py default_cfgs (_cfg: bicubic, ImageNet mean/std)"
-_TIMM_VIT = "huggingface/pytorch-image-models timm/models/vision_transformer.py default_cfgs (augreg: mean=std=0.5)"
-# The licence of each release is not in the sources read here (their LICENSE files were not in the stored
-# snapshots); it is stated as unverified rather than guessed.
+_TIMM_VIT = "huggingface/pytorch-image-models timm/models/vision_transformer.py default_cfgs (_cfg: mean=std=0.5)"
+_TIMM_RESNET = "huggingface/pytorch-image-models timm/models/resnet.py default_cfgs (_rcfg, _cfg)"
+_TIMM_SENET = "huggingface/pytorch-image-models timm/models/senet.py default_cfgs (legacy_seresnet*.in1k, _cfg)"
+# Licences as timm's cfgs state them ('license'); where a cfg states none (VOLO) the licence is marked unverified
+# rather than guessed. timm transcribed at commit aa4b5850c1543fa488abf260f18390eda46cf85d.
 _UNVERIFIED = "unverified"
 
 
@@ -106,12 +108,14 @@ def _timm(
     std=IMAGENET_STD,
     layout=None,
     url=None,
+    interpolation="bicubic",
+    licence=_UNVERIFIED,
 ) -> PretrainedTag:
     return PretrainedTag(
         model=model, tag=tag, hf_hub_id=f"timm/{model}.{tag}", revision="main", filename="model.safetensors",
         layout=layout, input_size=(3, size, size), mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
-        interpolation="bicubic", num_classes=1000, label_set="imagenet-1k", top1=top1,
-        top1_resolution=top1_at if top1 is not None else None, licence=_UNVERIFIED, origin=origin, url=url,
+        interpolation=interpolation, num_classes=1000, label_set="imagenet-1k", top1=top1,
+        top1_resolution=top1_at if top1 is not None else None, licence=licence, origin=origin, url=url,
     )  # fmt: skip
 
 
@@ -130,17 +134,61 @@ _TAGS: dict[str, PretrainedTag] = {}
 for _model in ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_small", "twins_svt_base",
                "twins_svt_large"):  # fmt: skip
     # Twins: the top-1 is the paper's (the registry's PaperFigures), at 224.
-    _TAGS[f"{_model}.in1k"] = _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, top1=None)
+    _TAGS[f"{_model}.in1k"] = _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, licence="apache-2.0")
 for _model, _crop, _size, _file, _top1 in _VOLO:
     _TAGS[f"{_model}.sail_in1k"] = _timm(
-        _model, "sail_in1k", _VOLO, crop_pct=_crop, size=_size, top1=_top1, top1_at=_size, url=_VOLO_URL + _file
+        _model, "sail_in1k", _TIMM_VOLO, crop_pct=_crop, size=_size, top1=_top1, top1_at=_size, url=_VOLO_URL + _file
     )
-_TAGS["vit_small_patch16_224.augreg_in21k_ft_in1k"] = _timm(
-    "vit_small_patch16_224", "augreg_in21k_ft_in1k", _TIMM_VIT, crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3,
-    layout="timm-vit-augreg",
-    url="https://storage.googleapis.com/vit_models/augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
-    "--imagenet2012-steps_20k-lr_0.03-res_224.npz",
-)  # fmt: skip
+# ViT: every timm vit_* cfg takes mean = std = 0.5 (IMAGENET_INCEPTION_*), crop_pct 0.9 (1.0 at 384), bicubic; the
+# files are Google's (augreg, orig); the records name the .npz originals as ``url`` where timm's cfg gives one.
+_AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
+_VIT = [
+    ("vit_tiny_patch16_224", "augreg_in21k_ft_in1k", 224,
+     "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"),
+    ("vit_small_patch16_224", "augreg_in21k_ft_in1k", 224,
+     "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"),
+    ("vit_small_patch16_224", "augreg_in1k", 224,
+     "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
+    ("vit_base_patch16_224", "augreg2_in21k_ft_in1k", 224, None),
+    ("vit_base_patch16_224", "augreg_in21k_ft_in1k", 224,
+     "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
+    ("vit_base_patch16_224", "orig_in21k_ft_in1k", 224, None),
+    ("vit_base_patch16_224", "augreg_in1k", 224,
+     "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
+    ("vit_base_patch16_384", "augreg_in21k_ft_in1k", 384,
+     "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz"),
+    ("vit_base_patch16_384", "orig_in21k_ft_in1k", 384, None),
+    ("vit_base_patch16_384", "augreg_in1k", 384,
+     "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.npz"),
+    ("vit_large_patch16_224", "augreg_in21k_ft_in1k", 224,
+     "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
+]  # fmt: skip
+for _model, _tag, _size, _npz in _VIT:
+    _TAGS[f"{_model}.{_tag}"] = _timm(
+        _model, _tag, _TIMM_VIT, crop_pct=0.9 if _size == 224 else 1.0, size=_size, mean=(0.5,) * 3,
+        std=(0.5,) * 3, layout="timm-vit-augreg", licence="apache-2.0", url=_AUGREG + _npz if _npz else None,
+    )  # fmt: skip
+
+# ResNet: timm's resnet50/101 are glocal's (torchvision names). _rcfg (the ResNet strikes back a1/a2 recipes):
+# bicubic, crop_pct 0.95; _cfg (torchvision's tv_in1k): bilinear, 0.875, bsd-3-clause. The records keep timm's
+# input_size (224); its test_input_size (288) is not used here.
+for _model in ("resnet50", "resnet101"):
+    for _tag in ("a1_in1k", "a2_in1k"):
+        _TAGS[f"{_model}.{_tag}"] = _timm(_model, _tag, _TIMM_RESNET, crop_pct=0.95, licence="apache-2.0")
+    _TAGS[f"{_model}.tv_in1k"] = _timm(
+        _model, "tv_in1k", _TIMM_RESNET, crop_pct=0.875, interpolation="bilinear", licence="bsd-3-clause"
+    )
+
+# SE-ResNet: timm's legacy_seresnet50/101.in1k are Cadene's port of the official SENet Caffe weights, published as
+# URLs whose names carry the sha256 prefix (torch.hub convention); glocal's seresnet50/101 is that architecture.
+_CADENE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/"
+for _model, _file in (("seresnet50", "se_resnet50-ce0d4300.pth"), ("seresnet101", "se_resnet101-7e38fcc6.pth")):
+    _TAGS[f"{_model}.cadene_in1k"] = PretrainedTag(
+        model=_model, tag="cadene_in1k", hf_hub_id=None, revision=None, filename=_file,
+        layout="timm-legacy-seresnet", input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        crop_pct=0.875, interpolation="bilinear", num_classes=1000, label_set="imagenet-1k", top1=None,
+        top1_resolution=None, licence="apache-2.0", origin=_TIMM_SENET, url=_CADENE + _file,
+    )  # fmt: skip
 
 _T2T_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
 _T2T_ORIGIN = ("yitu-opensource/T2T-ViT README.md model tables (file, top-1) and models/t2t_vit.py _cfg (crop_pct .9, "
