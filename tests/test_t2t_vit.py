@@ -153,10 +153,14 @@ def test_adapt_state_dict_rebuilds_the_sinusoid_table():
 
 
 @pytest.mark.parametrize("name", ["t2t_vit_14", "t2t_vit_t_24"])
-def test_backbone_scale_is_head_dim_not_the_pretrained_qk_scale(name):
+def test_backbone_scale_is_head_dim_not_the_pretrained_qk_scale(name, tmp_path, monkeypatch):
     model = _meta(name)
     assert all(block.attn.scale == 64**-0.5 for block in model.blocks)
-    with pytest.raises(TypeError, match="pretrained"):
+    # pretrained=True only fetches the release (here: offline, not cached), it never switches the scale the official
+    # constructors set under pretrained=True; tests/test_pretrained.py checks the loaded logits.
+    monkeypatch.setenv("GLOCAL_HOME", str(tmp_path))
+    monkeypatch.setenv("GLOCAL_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="checkpoint=PATH"):
         glocal.create_model(name, pretrained=True)
 
 

@@ -3,6 +3,7 @@
 from glocal import models as _models  # noqa: F401  (registers every family)
 from glocal.factory import create_model
 from glocal.layers.probe import explicit_attention
+from glocal.pretrained import list_pretrained
 from glocal.registry import list_models, model_info
 from glocal.weights import load_checkpoint, save_checkpoint
 
@@ -13,6 +14,7 @@ __all__ = [
     "create_model",
     "explicit_attention",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "model_info",
     "save_checkpoint",

@@ -12,6 +12,7 @@ from torch import nn
 
 from glocal.models._base import DataConfig
 from glocal.models._features import FeaturePyramid
+from glocal.pretrained import get_pretrained, pretrained_file
 from glocal.registry import get_entry
 from glocal.validate import check_count, check_fields
 from glocal.weights import Checkpoint, import_state_dict, load_checkpoint, open_checkpoint, resolve_model_name
@@ -38,6 +39,7 @@ def create_model(
     layout: str | None = None,
     ema: bool = False,
     new_classifier: bool = True,
+    pretrained: bool | str = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -55,7 +57,20 @@ def create_model(
     arguments given here take precedence. A ``num_classes`` other than the checkpoint's re-initialises the classifier
     (logged), unless ``new_classifier=False``, which refuses; another ``in_chans`` adapts the first layer. ``ema``
     takes the EMA weights of files holding both.
+
+    ``pretrained=True`` (the model's default tag, or the tag of a ``model.tag`` name: timm's convention) or
+    ``pretrained=TAG`` loads a public release (:mod:`glocal.pretrained`); a tagged name, with or without
+    ``pretrained``, sets ``model.data_config`` and ``model.pretrained_cfg`` to the preprocessing the tag was
+    evaluated with. Neither changes the architecture.
     """
+    record = None
+    if pretrained or (name is not None and "." in name):
+        if pretrained and checkpoint is not None:
+            raise ValueError("pass either pretrained=True|TAG or checkpoint=PATH, not both")
+        record = get_pretrained(name, pretrained if isinstance(pretrained, str) else True)
+        name = record.model
+        if pretrained:
+            checkpoint, layout, ema = pretrained_file(record), layout or record.layout, ema or record.ema
     ckpt = (
         checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else open_checkpoint(checkpoint, ema=ema)
     )
@@ -95,6 +110,10 @@ def create_model(
     in_chans = check_count(in_chans if in_chans is not None else 3, "in_chans", minimum=1)
     model = entry.model_cls(cfg, num_classes=num_classes, in_chans=in_chans, **runtime_overrides)
     model.model_name = name
+    if record is not None:
+        # Before loading: a layout that converts inputs (augreg's mean = std = 0.5) converts to the tag's own view.
+        model.data_config = dataclasses.replace(model.data_config, **record.data_config)
+        model.pretrained_cfg = record
     if ckpt is not None:
         if ckpt.data_config:
             model.data_config = _saved_preprocessing(model.data_config, ckpt.data_config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from glocal.cli import attention, bench, convert, export, info, predict, summary, train
+from glocal.cli import attention, bench, convert, export, info, predict, summary, train, validate, weights
 from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
 from glocal.cli._args import Parser
@@ -15,6 +15,7 @@ __all__ = ["main"]
 
 _COMMANDS = {"list": list_cmd, "info": info, "summary": summary, "convert": convert, "bench": bench}
 _COMMANDS |= {"train": train, "eval": eval_cmd, "predict": predict, "export": export, "attention": attention}
+_COMMANDS |= {"weights": weights, "validate": validate}
 
 
 def build_parser() -> Parser:

@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         classes = open_dataset(args.data, args.split, load_size=1).classes
     restored = restore_model(ckpt, model=args.model, classes=classes, img_size=args.img_size)
     load_size = round(max(restored.img_size) / restored.crop_pct)
-    dataset = open_dataset(args.data, args.split, load_size, classes=restored.classes if args.data else None)
+    dataset = open_dataset(
+        args.data,
+        args.split,
+        load_size,
+        classes=restored.classes if args.data else None,
+        interpolation=restored.model.data_config.interpolation,
+    )
     if tuple(dataset.classes) != restored.classes:
         raise ValueError(
             f"{args.checkpoint} classifies classes {restored.classes[:10]}, not the bundled digits' "

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
-        images = torch.stack([load_image(path, load_size) for path in batch])
+        interpolation = restored.model.data_config.interpolation
+        images = torch.stack([load_image(path, load_size, interpolation) for path in batch])
         for path, top in zip(batch, predict(restored, images, args.top_k), strict=True):
             if args.json:
                 print(json.dumps({"image": str(path), "top": [{"label": c, "probability": p} for c, p in top]}))

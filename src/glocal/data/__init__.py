@@ -9,7 +9,16 @@ from glocal.data.datasets import (
     load_image,
     open_dataset,
 )
-from glocal.data.transforms import MixConfig, center_crop, crop_params, mix_batch, normalize, one_hot, resized_crop
+from glocal.data.transforms import (
+    MixConfig,
+    center_crop,
+    create_transform,
+    crop_params,
+    mix_batch,
+    normalize,
+    one_hot,
+    resized_crop,
+)
 
 __all__ = [
     "DIGITS_CLASSES",
@@ -18,6 +27,7 @@ __all__ = [
     "MixConfig",
     "TensorImages",
     "center_crop",
+    "create_transform",
     "crop_params",
     "load_digits_split",
     "load_image",

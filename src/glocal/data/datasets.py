@@ -84,11 +84,21 @@ def load_digits_split(split: str) -> TensorImages:
     return TensorImages(images=x, labels=torch.from_numpy(targets[keep]), classes=DIGITS_CLASSES)
 
 
-def _resize_short_center_crop(image: Image.Image, size: int) -> Image.Image:
+_RESAMPLING = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "lanczos": "LANCZOS"}
+
+
+def pil_resampling(interpolation: str) -> Image.Resampling:
+    """PIL's resampling filter for a data config's ``interpolation`` name."""
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(_RESAMPLING)}")
+    return getattr(Image.Resampling, _RESAMPLING[interpolation])
+
+
+def _resize_short_center_crop(image: Image.Image, size: int, interpolation: str) -> Image.Image:
     w, h = image.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    image = image.resize((new_w, new_h), pil_resampling(interpolation))
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 
@@ -101,7 +111,13 @@ class ImageFolder(ImageDataset):
     Images are converted to RGB, their shorter side resized to ``load_size`` and centre-cropped to a square.
     """
 
-    def __init__(self, root: str | Path, load_size: int, classes: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        load_size: int,
+        classes: tuple[str, ...] | None = None,
+        interpolation: str = "bilinear",
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
@@ -115,6 +131,7 @@ class ImageFolder(ImageDataset):
             )
         self.classes = found
         self.load_size = load_size
+        self.interpolation = interpolation
         self.samples: list[tuple[Path, int]] = []
         self.skipped = []
         for label, name in enumerate(self.classes):
@@ -144,7 +161,7 @@ class ImageFolder(ImageDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return load_image(path, self.load_size), label
+        return load_image(path, self.load_size, self.interpolation), label
 
 
 # PIL modes of 16- and 32-bit greyscale images (16-bit PNGs), which ``convert("RGB")`` would clip at 255.
@@ -170,14 +187,17 @@ def read_rgb(path: str | Path) -> Image.Image:
         raise ValueError(f"{path} is not a readable image (corrupt, truncated or not an image: {err})") from err
 
 
-def load_image(path: str | Path, load_size: int) -> torch.Tensor:
-    """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized, centre-cropped."""
-    image = _resize_short_center_crop(read_rgb(path), load_size)
+def load_image(path: str | Path, load_size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized with
+    ``interpolation`` (the model's ``data_config.interpolation``), centre-cropped."""
+    image = _resize_short_center_crop(read_rgb(path), load_size, interpolation)
     array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
 
 
-def open_dataset(data_dir: str | Path | None, split: str, load_size: int, classes=None) -> ImageDataset:
+def open_dataset(
+    data_dir: str | Path | None, split: str, load_size: int, classes=None, interpolation: str = "bilinear"
+) -> ImageDataset:
     """The ``split`` ('train' | 'val') of an ImageFolder tree ``data_dir/{train,val}``, or of the bundled digits."""
     if data_dir is None:
         return load_digits_split(split)
@@ -188,4 +208,4 @@ def open_dataset(data_dir: str | Path | None, split: str, load_size: int, classe
         raise FileNotFoundError(
             f"data directory {str(root)!r} has no {split}/ folder (expected {root}/{split}/<class>/)"
         )
-    return ImageFolder(root / split, load_size, classes=classes)
+    return ImageFolder(root / split, load_size, classes=classes, interpolation=interpolation)

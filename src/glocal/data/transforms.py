@@ -14,7 +14,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["MixConfig", "center_crop", "crop_params", "mix_batch", "normalize", "one_hot", "resized_crop"]
+__all__ = [
+    "MixConfig",
+    "center_crop",
+    "create_transform",
+    "crop_params",
+    "mix_batch",
+    "normalize",
+    "one_hot",
+    "resized_crop",
+]
 
 
 def crop_params(
@@ -126,3 +135,41 @@ def mix_batch(
     else:
         images = images * lam + images.flip(0) * (1.0 - lam)
     return images, targets * lam + targets.flip(0) * (1.0 - lam)
+
+
+def create_transform(cfg, train: bool = False):
+    """The evaluation view of a data config (``model.data_config``, ``model.pretrained_cfg`` or a dict with
+    ``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``): a function PIL image -> (3, H, W) float32.
+
+    The shorter side is resized to ``floor(size / crop_pct)`` with the config's interpolation, the centre ``size``
+    crop is taken and the result normalised, as timm's eval transform does. ``crop_pct`` > 1 (VOLO's 448/512 tags:
+    1.15) resizes below the crop size, so the crop extends past the image and the border is zero (black), as
+    torchvision's ``CenterCrop`` pads.
+    """
+    from PIL import Image
+
+    from glocal.data.datasets import pil_resampling
+
+    if train:
+        raise ValueError("create_transform(train=True) is not provided; training augments batched tensors "
+                         "(glocal.data.crop_params / resized_crop)")  # fmt: skip
+    get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key)
+    height, width = tuple(get("input_size"))[-2:]
+    resample = pil_resampling(get("interpolation"))
+    crop_pct, mean, std = float(get("crop_pct")), tuple(get("mean")), tuple(get("std"))
+    scale_size = math.floor(max(height, width) / crop_pct)
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        if w <= h:
+            new_w, new_h = scale_size, round(h * scale_size / w)
+        else:
+            new_w, new_h = round(w * scale_size / h), scale_size
+        image = image.resize((new_w, new_h), resample)
+        left, top = round((new_w - width) / 2), round((new_h - height) / 2)
+        image = image.crop((left, top, left + width, top + height))  # pads with black where the image is smaller
+        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+        return normalize(array[None], mean, std)[0]
+
+    return transform

@@ -1,0 +1,358 @@
+"""Weight tags: their records, resolution through huggingface_hub's cache, the eval transform, ``glocal weights``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import glocal
+from glocal.cli import main
+from glocal.data import create_transform, load_image, normalize
+from glocal.pretrained import NO_PUBLIC_WEIGHTS, get_pretrained, list_pretrained
+
+_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_cache(tmp_path, monkeypatch, repo_id: str, state_dict: dict) -> None:
+    """A cache laid out as huggingface_hub lays it out (models--ORG--NAME/refs/main, snapshots/COMMIT/), offline."""
+
+    repo = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(_COMMIT)
+    snapshot = repo / "snapshots" / _COMMIT
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(snapshot / "model.safetensors"))
+    _offline(tmp_path, monkeypatch)
+
+
+def _offline(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read by huggingface_hub at import
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def _image(width: int = 300, height: int = 260) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", list_pretrained())
+def test_every_tag_record_is_complete(name):
+    record = get_pretrained(name)
+    assert record.name == name and record.model in glocal.list_models()
+    assert record.model not in NO_PUBLIC_WEIGHTS
+    if record.hf_hub_id is not None:  # timm's hub repos: timm/<model>.<tag>, safetensors
+        assert record.hf_hub_id == f"timm/{name}" and record.revision and record.filename.endswith(".safetensors")
+    else:
+        assert record.url.startswith("https://github.com/") and record.url.endswith("/" + record.filename)
+    assert record.origin and record.licence and record.label_set == "imagenet-1k" and record.num_classes == 1000
+    assert record.interpolation in ("bicubic", "bilinear") and 0.5 < record.crop_pct <= 1.15
+    assert len(record.mean) == len(record.std) == 3 and record.input_size[0] == 3
+    assert record.input_size == glocal.model_info(record.model)["input_size"]  # a tag never changes the architecture
+    assert record.top1 is None or record.top1_resolution == record.input_size[-1]
+
+
+def test_transcribed_preprocessing():
+    """Values as timm's default_cfgs give them (volo.py, vision_transformer.py, twins.py)."""
+    assert get_pretrained("volo_d5_512").crop_pct == 1.15 and get_pretrained("volo_d5_512").input_size == (3, 512, 512)
+    assert get_pretrained("volo_d1_224").crop_pct == 0.96 and get_pretrained("volo_d1_384").crop_pct == 1.0
+    augreg = get_pretrained("vit_small_patch16_224.augreg_in21k_ft_in1k")
+    assert augreg.mean == augreg.std == (0.5, 0.5, 0.5) and augreg.layout == "timm-vit-augreg"
+    assert get_pretrained("twins_svt_small", "in1k").crop_pct == 0.9
+    tv = get_pretrained("resnet50.tv_in1k")
+    assert (tv.interpolation, tv.crop_pct, tv.licence) == ("bilinear", 0.875, "bsd-3-clause")
+    assert get_pretrained("vit_base_patch16_384.augreg_in1k").crop_pct == 1.0
+    assert get_pretrained("seresnet50").url.endswith("v0.1-cadene/se_resnet50-ce0d4300.pth")
+
+
+def test_models_without_weights_refuse_clearly():
+    for model in NO_PUBLIC_WEIGHTS:
+        with pytest.raises(ValueError, match="no public ImageNet weights"):
+            glocal.create_model(model, pretrained=True)
+    with pytest.raises(ValueError, match="unknown weight tag"):
+        get_pretrained("twins_svt_small", "nope")
+
+
+def test_pretrained_resolves_through_huggingface_hub_offline(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    source = glocal.create_model("twins_svt_small").eval()  # timm's twins_* names are glocal's
+    _hub_cache(tmp_path, monkeypatch, "timm/twins_svt_small.in1k", source.state_dict())
+    model = glocal.create_model("twins_svt_small", pretrained=True).eval()
+    assert model.pretrained_cfg.name == "twins_svt_small.in1k"
+    assert model.data_config.interpolation == "bicubic" and model.data_config.crop_pct == 0.9
+    x = create_transform(model.pretrained_cfg)(_image())[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_augreg_tag_gives_the_half_normalised_source_logits(tmp_path, monkeypatch):
+    """timm's augreg file holds weights for (x - 0.5) / 0.5 inputs: glocal's eval view of the tag must give what the
+    source's model gives on that view."""
+    torch.manual_seed(0)
+    source = glocal.create_model("vit_small_patch16_224").eval()
+    _hub_cache(tmp_path, monkeypatch, "timm/vit_small_patch16_224.augreg_in21k_ft_in1k", source.state_dict())
+    model = glocal.create_model("vit_small_patch16_224.augreg_in21k_ft_in1k", pretrained=True).eval()
+    assert model.data_config.mean == (0.5, 0.5, 0.5)
+    image = _image()
+    x = create_transform(model.data_config)(image)[None]
+    # 300x260, crop_pct 0.9: shorter side to floor(224 / 0.9) = 248 (286x248), centre 224 crop at (31, 12).
+    resized = np.asarray(image.resize((286, 248), Image.Resampling.BICUBIC))[12:236, 31:255].copy()
+    reference = normalize(torch.from_numpy(resized).permute(2, 0, 1)[None], (0.5,) * 3, (0.5,) * 3)
+    torch.testing.assert_close(x, reference, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=1e-5, atol=1e-5)
+
+
+def test_offline_and_not_cached_names_the_file_and_checkpoint(tmp_path, monkeypatch):
+    _offline(tmp_path, monkeypatch)
+    with pytest.raises(FileNotFoundError, match=r"timm/volo_d1_224\.sail_in1k.*checkpoint=PATH"):
+        glocal.create_model("volo_d1_224", pretrained=True)
+
+
+def test_tagged_name_without_pretrained_sets_the_view_only():
+    model = glocal.create_model("vit_small_patch16_224.augreg_in21k_ft_in1k", depth=1)
+    assert model.pretrained_cfg.tag == "augreg_in21k_ft_in1k" and model.data_config.std == (0.5, 0.5, 0.5)
+
+
+def test_create_transform_crop_pct_above_one_pads():
+    cfg = {"input_size": (3, 448, 448), "mean": (0.0,) * 3, "std": (1 / 255,) * 3, "crop_pct": 1.15,
+           "interpolation": "bicubic"}  # fmt: skip
+    x = create_transform(cfg)(Image.new("RGB", (500, 400), (200, 200, 200)))
+    assert x.shape == (3, 448, 448)
+    # floor(448 / 1.15) = 389 rows of image, centred; the rest of the crop lies outside it (black).
+    assert x[:, 0].abs().max() == 0 and x[:, 224].min() > 190
+
+
+def test_loader_uses_the_given_interpolation(tmp_path):
+    path = tmp_path / "img.png"
+    _image(97, 61).save(path)
+    bicubic = load_image(path, 32, "bicubic")
+    expected = np.asarray(_image(97, 61).resize((51, 32), Image.Resampling.BICUBIC))[:, 9:41]
+    assert torch.equal(bicubic, torch.from_numpy(expected.copy()).permute(2, 0, 1))
+    assert not torch.equal(bicubic, load_image(path, 32, "bilinear"))
+
+
+def test_weights_cli_lists_tags_and_models_without_weights(tmp_path, monkeypatch, capsys):
+    _offline(tmp_path, monkeypatch)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["weights", "volo_d1*"]) == 0
+    out = capsys.readouterr().out
+    assert "volo_d1_224.sail_in1k" in out and "84.20" in out and "no" in out
+    assert main(["weights", "botnet*"]) == 0
+    assert "botnet50: no public ImageNet weights" in capsys.readouterr().out
+
+
+class _Server:
+    """A real HTTP server on 127.0.0.1 serving ``files`` (name -> bytes); ``truncate`` names files whose transfer
+    stops halfway (Content-Length promises the whole file). Counts requests per path."""
+
+    def __init__(self, files: dict[str, bytes], truncate: tuple[str, ...] = ()) -> None:
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.hits[name] = server.hits.get(name, 0) + 1
+                if name not in files:
+                    self.send_error(404)
+                    return
+                body = files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.hits: dict[str, int] = {}
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def glocal_home(tmp_path, monkeypatch):
+    home = tmp_path / "glocal-home"
+    monkeypatch.setenv("GLOCAL_HOME", str(home))
+    monkeypatch.delenv("GLOCAL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return home
+
+
+def _official_t2t_file(tmp_path) -> tuple[bytes, torch.nn.Module, torch.nn.Module]:
+    """A .pth.tar as T2T-ViT's releases are laid out (official Performer names, state_dict + state_dict_ema)."""
+    from glocal.weights import export_state_dict
+
+    torch.manual_seed(0)
+    live, ema = glocal.create_model("t2t_vit_7").eval(), glocal.create_model("t2t_vit_7").eval()
+    content = {
+        "state_dict": export_state_dict(live, "t2t-official"),
+        "state_dict_ema": export_state_dict(ema, "t2t-official"),
+        "epoch": 309,
+    }
+    path = tmp_path / "release.pth.tar"
+    torch.save(content, path)
+    return path.read_bytes(), live, ema
+
+
+def test_url_source_download_cache_hit_and_logits(tmp_path, monkeypatch, glocal_home):
+    import glocal.pretrained as pretrained
+
+    body, _, ema = _official_t2t_file(tmp_path)
+    server = _Server({"71.7_T2T_ViT_7.pth.tar": body})
+    try:
+        record = pretrained._TAGS["t2t_vit_7.official_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, url=server.url + record.filename))
+        model = glocal.create_model("t2t_vit_7", pretrained=True).eval()
+        again = glocal.create_model("t2t_vit_7", pretrained=True).eval()
+    finally:
+        server.close()
+    assert server.hits == {"71.7_T2T_ViT_7.pth.tar": 1}  # the second call was a cache hit
+    cached = glocal_home / "checkpoints" / "71.7_T2T_ViT_7.pth.tar"
+    assert cached.read_bytes() == body
+    manifest = json.loads((glocal_home / "manifest.json").read_text())
+    assert manifest[cached.name]["sha256"] == hashlib.sha256(body).hexdigest()  # no published hash: recorded
+    x = create_transform(model.pretrained_cfg)(_image())[None]
+    with torch.no_grad():  # the EMA weights, as the README says, give the source's logits
+        torch.testing.assert_close(model(x), ema(x), rtol=0, atol=0)
+        torch.testing.assert_close(again(x), ema(x), rtol=0, atol=0)
+
+
+def test_url_hash_mismatch_is_refused_and_nothing_cached(glocal_home):
+    from glocal.pretrained import download_url
+
+    server = _Server({"weights-deadbeef.pth": b"not the published file"})
+    try:
+        with pytest.raises(ValueError, match="does not start with deadbeef"):
+            download_url(server.url + "weights-deadbeef.pth", progress=False)
+    finally:
+        server.close()
+    assert not any(p.is_file() for p in glocal_home.rglob("*"))
+
+
+def test_interrupted_transfer_leaves_nothing_half_written(glocal_home):
+    from http.client import IncompleteRead
+
+    from glocal.pretrained import download_url
+
+    server = _Server({"big.pth": bytes(range(256)) * 4096}, truncate=("big.pth",))
+    try:
+        with pytest.raises((OSError, IncompleteRead)):
+            download_url(server.url + "big.pth", progress=False)
+    finally:
+        server.close()
+    assert not any(p.is_file() for p in glocal_home.rglob("*"))
+
+
+def test_url_source_offline_not_cached(glocal_home, monkeypatch):
+    monkeypatch.setenv("GLOCAL_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as err:
+        glocal.create_model("t2t_vit_14", pretrained=True)
+    message = str(err.value)
+    assert "81.5_T2T_ViT_14.pth.tar" in message and str(glocal_home / "checkpoints") in message
+    assert "checkpoint=PATH" in message
+
+
+def test_imagenet_label_set_is_shipped():
+    from glocal.data.imagenet import imagenet1k_classes, imagenet1k_synsets
+
+    synsets, names = imagenet1k_synsets(), imagenet1k_classes()
+    assert len(synsets) == len(set(synsets)) == len(names) == 1000 and list(synsets) == sorted(synsets)
+    assert (synsets[0], names[0]) == ("n01440764", "tench") and (synsets[-1], names[-1]) == (
+        "n15075141",
+        "toilet tissue",
+    )
+    assert get_pretrained("volo_d1_224").classes == names
+
+
+def test_validate_on_a_synset_named_image_folder(tmp_path, monkeypatch, glocal_home, capsys):
+    import glocal.pretrained as pretrained
+    from glocal.data.imagenet import imagenet1k_synsets
+
+    body, _, ema = _official_t2t_file(tmp_path)
+    synsets = imagenet1k_synsets()
+    rng = np.random.default_rng(1)
+    images, targets = [], []
+    for k, synset in enumerate((synsets[3], synsets[500], synsets[999])):
+        (tmp_path / "val" / synset).mkdir(parents=True)
+        for i in range(2):
+            array = rng.integers(0, 256, (240 + 10 * i, 260, 3), dtype=np.uint8)
+            Image.fromarray(array).save(tmp_path / "val" / synset / f"{i}.png")
+            images.append(Image.fromarray(array))
+            targets.append((3, 500, 999)[k])
+    # The expected figures from the source's model on the view built here with PIL alone: shorter side to
+    # floor(224 / 0.9) = 248 bicubic, centre 224 crop, ImageNet mean/std.
+    views = []
+    for image in images:
+        w, h = image.size
+        new = (round(w * 248 / h), 248)
+        left, top = round((new[0] - 224) / 2), round((new[1] - 224) / 2)
+        crop = np.asarray(image.resize(new, Image.Resampling.BICUBIC))[top : top + 224, left : left + 224].copy()
+        views.append(normalize(torch.from_numpy(crop).permute(2, 0, 1)[None], glocal.models._base.IMAGENET_MEAN,
+                               glocal.models._base.IMAGENET_STD)[0])  # fmt: skip
+    with torch.no_grad():
+        ranked = ema(torch.stack(views)).topk(5, dim=-1).indices
+    hit = ranked == torch.tensor(targets)[:, None]
+    expected_top1, expected_top5 = 100 * hit[:, 0].float().mean().item(), 100 * hit.any(-1).float().mean().item()
+    server = _Server({"71.7_T2T_ViT_7.pth.tar": body})
+    try:
+        record = pretrained._TAGS["t2t_vit_7.official_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, url=server.url + record.filename))
+        assert main(["validate", "t2t_vit_7", "--data", str(tmp_path / "val"), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert main(["validate", "t2t_vit_7", "--pretrained", "official_in1k", "--data", str(tmp_path / "val")]) == 0
+        text = capsys.readouterr().out
+    finally:
+        server.close()
+    assert result["images"] == 6 and result["reported_top1"] == 71.7
+    assert result["top1"] == pytest.approx(expected_top1) and result["top5"] == pytest.approx(expected_top5)
+    assert "reported top-1 71.70% at 224 px" in text and "resize shorter side to 248 (bicubic)" in text
+
+
+def test_hash_named_url_source_in_the_caffe_port_layout(tmp_path, monkeypatch, glocal_home):
+    """seresnet50.cadene_in1k: a file in Cadene's names (timm's legacy_seresnet50), served under a torch.hub name
+    carrying its own sha256 prefix, is accepted, cached (no manifest entry needed) and gives the source's logits."""
+    import io
+
+    import glocal.pretrained as pretrained
+    from glocal.weights import export_state_dict
+
+    torch.manual_seed(0)
+    source = glocal.create_model("seresnet50").eval()
+    for module in source.modules():  # non-trivial BatchNorm statistics, so a misplaced tensor shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    buffer = io.BytesIO()
+    torch.save(export_state_dict(source, "timm-legacy-seresnet"), buffer)
+    body = buffer.getvalue()
+    name = f"se_resnet50-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    server = _Server({name: body})
+    try:
+        record = pretrained._TAGS["seresnet50.cadene_in1k"]
+        monkeypatch.setitem(pretrained._TAGS, record.name, replace(record, filename=name, url=server.url + name))
+        model = glocal.create_model("seresnet50", pretrained=True).eval()
+    finally:
+        server.close()
+    assert (glocal_home / "checkpoints" / name).read_bytes() == body and not (glocal_home / "manifest.json").exists()
+    x = create_transform(model.pretrained_cfg)(_image())[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
