@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from glocal.analysis.complexity import count_macs, count_params, count_train_macs
+from glocal.backends import cpu as cpu_backend
 from glocal.factory import create_model
-from glocal.layers.linear import linear
 from glocal.optimize import optimize_for_inference
 from glocal.registry import get_entry
 from glocal.runtime import release_freed_memory
@@ -74,13 +74,16 @@ class BenchRecord:
 
 def matmul_peak_tflops(device: str = "cpu", dtype: str = "fp32", size: int = 1024) -> float:
     """The best rate of a square ``size`` matrix product at torch's current thread count, in TFLOP/s (2 FLOPs per
-    MAC), best of 5 runs of each of ``torch.mm`` and glocal's :func:`~glocal.layers.linear.linear` (oneDNN for
-    float32 on CPU, where MKL's sgemm can run at half of what the machine does: AMD Zen).
+    MAC), best of 5 runs of each of ``torch.mm`` and oneDNN's GEMM on CPU (:func:`glocal.backends.cpu.onednn_gemm`;
+    MKL's float32 sgemm can run at half of what the machine does: AMD Zen 5).
 
     :func:`bench_model` measures it right after each model's timed runs, so both see the same load."""
     a = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
     b = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
-    best = min(min(_time_runs(fn, device, warmup=1, runs=5)) for fn in (lambda: a @ b, lambda: linear(a, b)))
+    fns = [lambda: a @ b]
+    if device == "cpu" and cpu_backend._ONEDNN:
+        fns.append(lambda: cpu_backend.onednn_gemm(a, b))
+    best = min(min(_time_runs(fn, device, warmup=1, runs=5)) for fn in fns)
     return 2 * size**3 / best / 1e12
 
 
@@ -156,7 +159,8 @@ def _build(name: str, img_size: int, device: str) -> torch.nn.Module:
     kwargs = {}
     if "img_size" in inspect.signature(entry.model_cls.__init__).parameters:
         kwargs["img_size"] = img_size
-    return create_model(name, **kwargs).to(device)
+    model = create_model(name, **kwargs).to(device)
+    return cpu_backend.use_by_default(model) if device == "cpu" else model
 
 
 def _count(name: str, img_size: int, mode: str) -> tuple[int, int, int]:
