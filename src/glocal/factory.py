@@ -36,6 +36,7 @@ def create_model(
     layout: str | None = None,
     ema: bool = False,
     new_classifier: bool = True,
+    dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -53,7 +54,13 @@ def create_model(
     arguments given here take precedence. A ``num_classes`` other than the checkpoint's re-initialises the classifier
     (logged), unless ``new_classifier=False``, which refuses; another ``in_chans`` adapts the first layer. ``ema``
     takes the EMA weights of files holding both.
+
+    ``dtype`` casts parameters and buffers after loading (``torch.bfloat16``: on CPUs with AVX512-BF16/AMX the fast
+    inference path; see docs/benchmarks.md); feed inputs of the same dtype. For inference,
+    :func:`glocal.optimize.optimize_for_inference` (``dtype=``) also folds BN.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     ckpt = (
         checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else open_checkpoint(checkpoint, ema=ema)
     )
@@ -92,6 +99,8 @@ def create_model(
         if ckpt.data_config:
             model.data_config = _saved_preprocessing(model.data_config, ckpt.data_config)
         load_checkpoint(model, ckpt, layout=layout, new_classifier=new_classifier)
+    if dtype is not None:
+        model.to(dtype)
     if features_only:
         return FeaturePyramid(model, out_indices)
     if out_indices is not None:

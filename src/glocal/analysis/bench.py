@@ -55,6 +55,7 @@ class BenchRecord:
     device: str
     threads: int
     optimized: str  # inference only: '' (eager), 'optimize' (BN folded, channels-last) or 'freeze' (+ TorchScript)
+    compiled: bool  # run through torch.compile (inductor); its compilation happens in the warm-up
     params: int
     gmacs: float  # inference forward, per image
     step_gmacs: float  # what one timed iteration computes, per image: the forward, or forward + backward
@@ -183,6 +184,7 @@ def bench_model(
     device: str = "cpu",
     optimize: bool = False,
     freeze: bool = False,
+    compile: bool = False,
     warmup: int = 2,
     runs: int = 10,
 ) -> BenchRecord:
@@ -190,7 +192,9 @@ def bench_model(
 
     ``dtype='bf16'`` runs under autocast (weights stay float32), except with ``optimize``, which casts weights and
     input to bfloat16. ``optimize`` applies :func:`glocal.optimize.optimize_for_inference` (inference only);
-    ``freeze`` implies it and also freezes the model to TorchScript for this input shape.
+    ``freeze`` implies it and also freezes the model to TorchScript for this input shape. ``compile`` runs the
+    model through ``torch.compile`` (inductor; the CPU backend's routes step aside inside compiled graphs), compiling
+    during the warm-up.
     """
     optimize = optimize or freeze
     if mode not in ("infer", "train"):
@@ -199,6 +203,8 @@ def bench_model(
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if optimize and mode == "train":
         raise ValueError("optimize applies to inference only (BN folding freezes the statistics)")
+    if compile and freeze:
+        raise ValueError("compile and freeze are two ways of building a graph; choose one")
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     params, macs, step_macs = _count(name, img_size, mode)
@@ -212,6 +218,9 @@ def bench_model(
             x_opt = x.to(memory_format=torch.channels_last, dtype=DTYPES[dtype])
             model = optimize_for_inference(model, example=x, dtype=DTYPES[dtype], freeze=freeze, inplace=True)
             x = x_opt
+    if compile:
+        model = torch.compile(model)
+    if mode == "infer":
 
         def step() -> None:
             with torch.inference_mode(), autocast:
@@ -245,6 +254,7 @@ def bench_model(
         device=device,
         threads=threads,
         optimized="freeze" if freeze else "optimize" if optimize else "",
+        compiled=compile,
         params=params,
         gmacs=macs / 1e9,
         step_gmacs=step_macs / 1e9,
