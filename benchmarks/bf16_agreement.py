@@ -50,7 +50,7 @@ def main() -> int:
                           batch_size=64, lr=1e-3, optimizer="adamw", warmup_epochs=1, threads=args.threads,
                           output=tempfile.mkdtemp(prefix=f"{name}-", dir=args.out))  # fmt: skip
         result = train(cfg)
-        restored = restore_model(name, result.checkpoint)  # the training state: architecture and view come with it
+        restored = restore_model(result.checkpoint)  # the training state: architecture and view come with it
         x = eval_view(val.images, restored.img_size, restored.crop_pct, restored.mean, restored.std)
         half = optimize_for_inference(restored.model, example=x[:8], dtype=torch.bfloat16)
         with torch.inference_mode():
