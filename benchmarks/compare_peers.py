@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import glocal
+from glocal.backends import cpu as cpu_backend
 from glocal.optimize import optimize_for_inference
 from glocal.runtime import keep_freed_memory
 
@@ -90,10 +91,13 @@ def load_official(family: str, repo: Path):
     return module
 
 
-def build_glocal(name: str, img_size: int) -> torch.nn.Module:
+def build_glocal(name: str, img_size: int, backend: bool) -> torch.nn.Module:
+    """The glocal model, on its CPU backend (routes chosen by measurement) unless ``backend`` is False; the malloc
+    setting is left to ``--keep-freed-memory`` (it applies to the peers too)."""
     entry = glocal.registry.get_entry(name)
     kwargs = {"img_size": img_size} if "img_size" in inspect.signature(entry.model_cls.__init__).parameters else {}
-    return glocal.create_model(name, **kwargs)
+    model = glocal.create_model(name, **kwargs)
+    return cpu_backend.enable(model, malloc=False) if backend else model
 
 
 def build_peers(name: str, img_size: int, timm, official: dict[str, Path]) -> dict[str, torch.nn.Module]:
@@ -176,6 +180,7 @@ def main() -> int:
         action="store_true",
         help="apply glocal.runtime.keep_freed_memory (what the glocal command does) to the whole process, peers too",
     )
+    p.add_argument("--standard-path", action="store_true", help="glocal without its CPU backend (torch's defaults)")
     args = p.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -186,14 +191,15 @@ def main() -> int:
     timm = import_timm()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, timm {getattr(timm, '__version__', '-')}, "
           f"batch {args.batch_size}, {args.img_size}px, {args.dtype}, {args.rounds} rounds, "
-          f"{'freed memory kept' if args.keep_freed_memory else 'system malloc'}")  # fmt: skip
+          f"{'freed memory kept' if args.keep_freed_memory else 'system malloc'}, "
+          f"glocal {'standard path' if args.standard_path else 'CPU backend'}, {cpu_backend.cpu_model()}")  # fmt: skip
     print(f"{'model':24s} {'mode':5s} {'implementation':32s} {'img/s':>8s} {'IQR%':>6s} {'ratio':>6s}")
     for name in args.models:
         torch.manual_seed(0)
         x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
         peers = build_peers(name, args.img_size, timm, official)
         for mode in args.modes:
-            models = {"glocal": build_glocal(name, args.img_size)}
+            models = {"glocal": build_glocal(name, args.img_size, not args.standard_path)}
             inputs = {"glocal": x}
             if mode == "infer" and not args.no_optimize:
                 eager = models["glocal"].eval()

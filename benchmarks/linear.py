@@ -1,4 +1,5 @@
-"""float32 linear layers on CPU: ``F.linear`` (MKL's sgemm) against glocal's oneDNN path, forward and backward.
+"""float32 linear layers on CPU: ``F.linear`` (MKL's sgemm) against the CPU backend's oneDNN route, forward and
+backward (the backend takes the route only for shape classes where its calibration measured it faster).
 
 The shapes are the linear layers of the transformers at batch 8 and 224 px (rows = batch x tokens): ViT-S/16's
 qkv, fc1 and fc2, Twins-SVT-S's first-stage fc1 and VOLO-D1's outlooker value projection. Prints ms per call and
@@ -21,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from glocal.layers import linear as glocal_linear
+from glocal.backends import cpu
 from glocal.runtime import keep_freed_memory
 
 SHAPES = {  # name: (rows, in, out)
@@ -49,10 +50,10 @@ def _passes(rows: int, k: int, n: int) -> dict[str, tuple]:
     b = torch.randn(n, requires_grad=True)
     g = torch.randn(rows, n)
     return {
-        "forward": (lambda: F.linear(x, w, b), lambda: glocal_linear.linear(x, w, b), 2 * rows * k * n),
+        "forward": (lambda: F.linear(x, w, b), lambda: cpu._onednn_linear(x, w, b, grad=True), 2 * rows * k * n),
         "fwd+bwd": (
             lambda: F.linear(x, w, b).backward(g),
-            lambda: glocal_linear.linear(x, w, b).backward(g),
+            lambda: cpu._onednn_linear(x, w, b, grad=True).backward(g),
             6 * rows * k * n,
         ),
     }
@@ -68,8 +69,8 @@ def main() -> int:
         keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not glocal_linear._ONEDNN:
-        print("this torch build has no oneDNN linear kernel: glocal uses F.linear", file=sys.stderr)
+    if not cpu._ONEDNN:
+        print("this torch build has no oneDNN linear kernel: the CPU backend keeps F.linear", file=sys.stderr)
         return 1
     malloc = "system malloc" if args.system_malloc else "freed memory kept"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {args.repeats}, {malloc}")

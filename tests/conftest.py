@@ -9,11 +9,33 @@ import pytest
 import torch
 
 import glocal
+from glocal.backends import cpu as cpu_backend
 
 # Test workloads are tiny: one intra-op thread per test process is as fast and never oversubscribes the cores (two
 # threads on a busy 2-core machine slowed a 64x96 ResNet forward from 0.01 s to 0.8 s). `make test` runs two worker
 # processes instead.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_backend_state(tmp_path, monkeypatch):
+    """Each test starts with the CPU backend off and its own route cache (the engine and bench switch it on), and
+    leaves the process as it found it."""
+    monkeypatch.setenv("GLOCAL_CACHE_DIR", str(tmp_path / "glocal-cache"))
+    state = (cpu_backend._enabled, cpu_backend._declined, dict(cpu_backend._routes))
+    cpu_backend._enabled, cpu_backend._declined = False, False
+    cpu_backend._routes.clear()
+    yield
+    cpu_backend._enabled, cpu_backend._declined = state[0], state[1]
+    cpu_backend._routes.clear()
+    cpu_backend._routes.update(state[2])
+
+
+@pytest.fixture
+def cpu_backend_on(_cpu_backend_state):
+    """The CPU backend switched on for one test (malloc left alone)."""
+    cpu_backend.enable(malloc=False)
+
 
 # Architecture overrides that keep the heaviest variants cheap in tests that run real computation (gradients,
 # pyramids, fused-vs-explicit). Parameter counts and MACs are always checked on the full models, on the meta device.

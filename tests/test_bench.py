@@ -37,10 +37,18 @@ def test_bench_rejects_bad_arguments():
         bench_model("resnet50", 64, mode="eval")
     with pytest.raises(ValueError, match="inference only"):
         bench_model("resnet50", 64, mode="train", optimize=True)
+    with pytest.raises(ValueError, match="choose one"):
+        bench_model("resnet50", 64, compile=True, freeze=True)
+
+
+@pytest.mark.slow
+def test_bench_compiled():
+    r = bench_model("vit_small_patch16_224", 64, batch_size=1, compile=True, warmup=1, runs=1)
+    assert r.compiled and r.img_per_s > 0
 
 
 def _record(model: str, size: int, latency: float, gmacs: float, mem: float) -> BenchRecord:
-    return BenchRecord(model, size, 1, "infer", "fp32", "cpu", 1, "", 1, gmacs, gmacs, size * size // 256, 1,
+    return BenchRecord(model, size, 1, "infer", "fp32", "cpu", 1, "", False, 1, gmacs, gmacs, size * size // 256, 1,
                        latency, 0.0, 1e3 / latency, mem, 1.0, 1.0, 1.0)  # fmt: skip
 
 

@@ -110,10 +110,10 @@ def test_fused_and_explicit_attention_agree(model_name):
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
 
 
-def test_memory_layout_changes_speed_not_numbers(model_name):
-    """prepare_input hands the image over in the model's memory_format; either layout computes the same logits and
-    gradients. In float64, so that the other kernels' float reordering (amplified by train-mode BN over tiny maps)
-    cannot hide a real difference."""
+def test_memory_layout_changes_speed_not_numbers(model_name, cpu_backend_on):
+    """With the CPU backend on, prepare_input hands the image over in the model's memory_format; either layout
+    computes the same logits and gradients. In float64, so that the other kernels' float reordering (amplified by
+    train-mode BN over tiny maps) cannot hide a real difference."""
     torch.manual_seed(0)
     model = perturb_(build(model_name)).train().double()
     x = torch.randn(2, 3, *small_size(model), dtype=torch.float64)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from glocal import create_model
+from glocal.backends import cpu as cpu_backend
 from glocal.data import TensorImages
 from glocal.engine import TrainConfig, evaluate, load_train_state, train
 from glocal.engine.checkpoint import atomic_save, capture_rng, restore_rng
@@ -116,12 +117,18 @@ def _tiny_config(out: Path, **overrides) -> TrainConfig:
 
 
 def test_resume_from_a_stopped_run_ends_with_the_same_weights(tmp_path):
-    """A run stopped mid-epoch (max_steps) and resumed equals an uninterrupted one, bit for bit, EMA included."""
+    """A run stopped mid-epoch (max_steps) and resumed equals an uninterrupted one, bit for bit, EMA included, on
+    the CPU routes the stopped run recorded."""
     full = train(_tiny_config(tmp_path / "full", epochs=2))
     stopped = train(_tiny_config(tmp_path / "resumed", epochs=2, max_steps=30))
     assert stopped.steps == 30 and load_train_state(stopped.checkpoint)["step_in_epoch"] == 30 - 22
+    routes = load_train_state(stopped.checkpoint)["cpu_routes"]
+    assert routes  # the CPU backend's choices, recorded with the run
+    # This process now "measures" the opposite: the resumed run must still take the recorded routes.
+    cpu_backend._routes.update({k: "default" if v == "onednn" else "onednn" for k, v in routes.items()})
     resumed = train(_tiny_config(tmp_path / "resumed", epochs=2, resume=True))
     assert resumed.steps == full.steps == 44
+    assert cpu_backend.route_state().items() >= routes.items()
     a, b = load_train_state(full.checkpoint), load_train_state(resumed.checkpoint)
     for key in ("model", "model_ema"):
         assert a[key].keys() == b[key].keys()

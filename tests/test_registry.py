@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import glocal
 
@@ -42,3 +43,19 @@ def test_out_indices_requires_features_only():
 def test_bad_out_indices():
     with pytest.raises(ValueError, match="out of range"):
         glocal.create_model("resnet50", features_only=True, out_indices=(4,))
+
+
+def test_create_model_in_bfloat16_computes_in_it_and_rejects_other_types():
+    torch.manual_seed(0)
+    full = glocal.create_model("vit_small_patch16_224", depth=1, img_size=64).eval()
+    half = glocal.create_model("vit_small_patch16_224", depth=1, img_size=64, dtype=torch.bfloat16).eval()
+    half.load_state_dict(full.state_dict())  # cast back to bfloat16 by load_state_dict's copy
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        y = half(x.to(torch.bfloat16))
+        ref = full(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        glocal.create_model("resnet50", dtype="bf16")

@@ -40,6 +40,7 @@ def create_model(
     ema: bool = False,
     new_classifier: bool = True,
     pretrained: bool | str = False,
+    dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -62,7 +63,13 @@ def create_model(
     ``pretrained=TAG`` loads a public release (:mod:`glocal.pretrained`); a tagged name, with or without
     ``pretrained``, sets ``model.data_config`` and ``model.pretrained_cfg`` to the preprocessing the tag was
     evaluated with. Neither changes the architecture.
+
+    ``dtype`` casts parameters and buffers after loading (``torch.bfloat16``: on CPUs with AVX512-BF16/AMX the fast
+    inference path; see docs/benchmarks.md); feed inputs of the same dtype. For inference,
+    :func:`glocal.optimize.optimize_for_inference` (``dtype=``) also folds BN.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     record = None
     if pretrained or (name is not None and "." in name):
         if pretrained and checkpoint is not None:
@@ -118,6 +125,8 @@ def create_model(
         if ckpt.data_config:
             model.data_config = _saved_preprocessing(model.data_config, ckpt.data_config)
         load_checkpoint(model, ckpt, layout=layout, new_classifier=new_classifier)
+    if dtype is not None:
+        model.to(dtype)
     if features_only:
         ints = out_indices if isinstance(out_indices, (list, tuple)) else [out_indices]
         if out_indices is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ints):

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from glocal.analysis.complexity import count_macs, count_params, count_train_macs
+from glocal.backends import cpu as cpu_backend
 from glocal.factory import create_model
-from glocal.layers.linear import linear
 from glocal.optimize import optimize_for_inference
 from glocal.registry import get_entry
 from glocal.runtime import release_freed_memory
@@ -55,6 +55,7 @@ class BenchRecord:
     device: str
     threads: int
     optimized: str  # inference only: '' (eager), 'optimize' (BN folded, channels-last) or 'freeze' (+ TorchScript)
+    compiled: bool  # run through torch.compile (inductor); its compilation happens in the warm-up
     params: int
     gmacs: float  # inference forward, per image
     step_gmacs: float  # what one timed iteration computes, per image: the forward, or forward + backward
@@ -74,13 +75,16 @@ class BenchRecord:
 
 def matmul_peak_tflops(device: str = "cpu", dtype: str = "fp32", size: int = 1024) -> float:
     """The best rate of a square ``size`` matrix product at torch's current thread count, in TFLOP/s (2 FLOPs per
-    MAC), best of 5 runs of each of ``torch.mm`` and glocal's :func:`~glocal.layers.linear.linear` (oneDNN for
-    float32 on CPU, where MKL's sgemm can run at half of what the machine does: AMD Zen).
+    MAC), best of 5 runs of each of ``torch.mm`` and oneDNN's GEMM on CPU (:func:`glocal.backends.cpu.onednn_gemm`;
+    MKL's float32 sgemm can run at half of what the machine does: AMD Zen 5).
 
     :func:`bench_model` measures it right after each model's timed runs, so both see the same load."""
     a = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
     b = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
-    best = min(min(_time_runs(fn, device, warmup=1, runs=5)) for fn in (lambda: a @ b, lambda: linear(a, b)))
+    fns = [lambda: a @ b]
+    if device == "cpu" and cpu_backend._ONEDNN:
+        fns.append(lambda: cpu_backend.onednn_gemm(a, b))
+    best = min(min(_time_runs(fn, device, warmup=1, runs=5)) for fn in fns)
     return 2 * size**3 / best / 1e12
 
 
@@ -156,7 +160,8 @@ def _build(name: str, img_size: int, device: str) -> torch.nn.Module:
     kwargs = {}
     if "img_size" in inspect.signature(entry.model_cls.__init__).parameters:
         kwargs["img_size"] = img_size
-    return create_model(name, **kwargs).to(device)
+    model = create_model(name, **kwargs).to(device)
+    return cpu_backend.use_by_default(model) if device == "cpu" else model
 
 
 def _count(name: str, img_size: int, mode: str) -> tuple[int, int, int]:
@@ -179,6 +184,7 @@ def bench_model(
     device: str = "cpu",
     optimize: bool = False,
     freeze: bool = False,
+    compile: bool = False,
     warmup: int = 2,
     runs: int = 10,
 ) -> BenchRecord:
@@ -186,7 +192,9 @@ def bench_model(
 
     ``dtype='bf16'`` runs under autocast (weights stay float32), except with ``optimize``, which casts weights and
     input to bfloat16. ``optimize`` applies :func:`glocal.optimize.optimize_for_inference` (inference only);
-    ``freeze`` implies it and also freezes the model to TorchScript for this input shape.
+    ``freeze`` implies it and also freezes the model to TorchScript for this input shape. ``compile`` runs the
+    model through ``torch.compile`` (inductor; the CPU backend's routes step aside inside compiled graphs), compiling
+    during the warm-up.
     """
     optimize = optimize or freeze
     if mode not in ("infer", "train"):
@@ -195,6 +203,8 @@ def bench_model(
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if optimize and mode == "train":
         raise ValueError("optimize applies to inference only (BN folding freezes the statistics)")
+    if compile and freeze:
+        raise ValueError("compile and freeze are two ways of building a graph; choose one")
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     params, macs, step_macs = _count(name, img_size, mode)
@@ -208,6 +218,9 @@ def bench_model(
             x_opt = x.to(memory_format=torch.channels_last, dtype=DTYPES[dtype])
             model = optimize_for_inference(model, example=x, dtype=DTYPES[dtype], freeze=freeze, inplace=True)
             x = x_opt
+    if compile:
+        model = torch.compile(model)
+    if mode == "infer":
 
         def step() -> None:
             with torch.inference_mode(), autocast:
@@ -241,6 +254,7 @@ def bench_model(
         device=device,
         threads=threads,
         optimized="freeze" if freeze else "optimize" if optimize else "",
+        compiled=compile,
         params=params,
         gmacs=macs / 1e9,
         step_gmacs=step_macs / 1e9,

@@ -10,14 +10,12 @@ formula for the CPU fused kernel (``aten._scaled_dot_product_flash_attention_for
 forward would read low (timm's Twins-PCPVT-S: 3.67 instead of 3.81 GMACs). Importing this module registers those
 formulas, the same as torch's for the GPU kernels: ``2 * B * heads * Nq * Nk * d`` MACs forward (q k^T and attn v),
 two and a half times that backward. On the meta device ``scaled_dot_product_attention`` decomposes into matmuls.
-Likewise for oneDNN's linear kernel (``mkldnn._linear_pointwise``), which :mod:`glocal.layers.linear` runs for large
-float32 CPU products: ``rows * in * out`` MACs, as ``addmm``.
+The CPU backend registers the formula of its oneDNN linear kernel itself (:mod:`glocal.backends.cpu`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
@@ -50,19 +48,11 @@ def _cpu_sdpa_backward_flop(
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """``(input (..., K), weight (N, K), bias, attr, scalars, algorithm)``."""
-    return 2 * math.prod(x_shape[:-1]) * weight_shape[1] * weight_shape[0]
-
-
 # Registration is global and once per process; a future torch that counts these ops itself keeps its own formula.
 if _CPU_SDPA not in flop_registry:
     register_flop_formula(_CPU_SDPA)(_cpu_sdpa_flop)
 if _CPU_SDPA_BACKWARD not in flop_registry:
     register_flop_formula(_CPU_SDPA_BACKWARD)(_cpu_sdpa_backward_flop)
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-if _ONEDNN_LINEAR is not None and _ONEDNN_LINEAR not in flop_registry:
-    register_flop_formula(_ONEDNN_LINEAR)(_onednn_linear_flop)
 
 
 def count_params(model: nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from glocal.backends import cpu as cpu_backend
 from glocal.cli import attention, bench, convert, export, info, predict, summary, train, validate, weights
 from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
@@ -31,6 +32,12 @@ def build_parser() -> Parser:
         help="keep glibc's default allocator settings (by default freed tensor memory is kept for reuse, "
         "20-35%% faster CPU steps; see glocal.runtime)",
     )
+    parser.add_argument(
+        "--standard-path",
+        action="store_true",
+        help="leave glocal's CPU backend off: torch's default kernels and layouts only (by default faster routes "
+        "are taken where they measure faster on this CPU; see glocal.backends.cpu)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, module in _COMMANDS.items():
         module.add_parser(sub, name)
@@ -41,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if not args.system_malloc:
-        keep_freed_memory()
+    if args.standard_path:
+        cpu_backend.disable()  # also for the models the engine and bench build
+        if not args.system_malloc:
+            keep_freed_memory()
+    else:
+        cpu_backend.enable(malloc=not args.system_malloc)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

@@ -46,6 +46,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--optimize", action="store_true", help="inference: fold BN, channels-last (glocal.optimize)")
     p.add_argument("--freeze", action="store_true", help="inference: --optimize, then freeze to TorchScript")
+    p.add_argument(
+        "--compile", action="store_true", help="run through torch.compile (inductor); compiles during the warm-up"
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--runs", type=int, default=10, help="timed iterations; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -70,6 +73,7 @@ def _table(records: list[BenchRecord]) -> Table:
     title = (
         f"glocal bench: {first.mode}, {first.dtype}, batch {first.batch_size}, {first.device}, "
         f"{first.threads} threads{', ' + first.optimized if first.optimized else ''}"
+        f"{', torch.compile' if first.compiled else ''}"
     )
     table = Table(title=title, caption="GMACs: multiply-accumulates per image (papers' 'FLOPs'), attention included")
     for col in ("model", "size", "params", "GMACs", "img/s", "latency ms", "IQR ms", "mem MiB", "TFLOP/s", "of peak"):
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 optimize=args.optimize,
                 freeze=args.freeze,
+                compile=args.compile,
                 warmup=args.warmup,
                 runs=args.runs,
             )

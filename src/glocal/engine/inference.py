@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from glocal.backends import cpu as cpu_backend
 from glocal.engine.evaluate import eval_view
 from glocal.factory import create_model
 from glocal.validate import check_count
@@ -65,6 +66,8 @@ def restore_model(
         _log.warning("%s carries no class names; labelling classes by index (pass --classes A,B,...)", ckpt.path)
         classes = tuple(str(i) for i in range(net.num_classes))
     cfg = net.data_config
+    if next(net.parameters()).device.type == "cpu":
+        cpu_backend.use_by_default(net)
     return Restored(net, tuple(classes), tuple(cfg.input_size[-2:]), cfg.crop_pct, cfg.mean, cfg.std, ckpt)
 
 

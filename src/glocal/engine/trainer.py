@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from glocal.backends import cpu as cpu_backend
 from glocal.data.datasets import ImageDataset, open_dataset
 from glocal.data.transforms import MixConfig, crop_params, mix_batch, normalize, one_hot, resized_crop
 from glocal.engine import distributed
@@ -217,9 +218,6 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
     cfg.validate()
     callback = callback or Callback()
     info = distributed.setup(cfg.device)
-    if info.device.type == "cpu":
-        # Small weights and momenta decay into denormal floats, which x86 CPUs process up to 100x slower.
-        torch.set_flush_denormal(True)
     cfg = _cpu_settings(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -269,6 +267,8 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
         model.data_config, input_size=(model.in_chans, *img_size), crop_pct=crop_pct
     )
     model.to(info.device)
+    if info.device.type == "cpu":  # denormal flushing, malloc reuse, routes chosen by measurement
+        cpu_backend.use_by_default(model)
     lr, min_lr = cfg.scaled_lr()
     if cfg.lr_base_size:
         logger.info(
@@ -312,6 +312,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.best_top1 = state.get("best_top1", -1.0)
     run.saved_at = (run.epoch, run.global_step)
     restore_rng(state["rng"])
+    cpu_backend.load_route_state(state.get("cpu_routes", {}))  # the interrupted run's routes: same roundings
     logger.info("resuming %s at epoch %d, step %d", run.out, run.epoch + 1, run.step_in_epoch)
 
 
@@ -504,6 +505,7 @@ def _train_state(run: _Run) -> dict[str, Any]:
         "global_step": run.global_step,
         "best_top1": run.best_top1,
         "rng": capture_rng(),
+        "cpu_routes": cpu_backend.route_state(),
         "config": json.dumps(run.cfg.to_dict()),
         "classes": list(run.classes),
         "model_config": checkpoint_config(run.model, classes=run.classes),

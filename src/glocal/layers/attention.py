@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocal.layers.linear import Linear, onednn_available, onednn_gemm
+from glocal.backends.cpu import fast_attention
 from glocal.layers.probe import AttentionProbe, is_observed
 
 __all__ = ["attend", "attend_logits", "MultiHeadAttention"]
@@ -38,8 +38,8 @@ def attend(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not is_observed(probe):
-        if bias is None and dropout_p == 0.0 and _long_inference_on_onednn(q, k, v):
-            return _onednn_attention(q, k, v, scale)
+        if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale)) is not None:
+            return out  # the CPU backend's blocked route, where it is on and measured faster
         if bias is not None:
             bias = bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
@@ -47,40 +47,6 @@ def attend(
     if bias is not None:
         logits = logits + bias
     return _softmax_probe_matmul(logits, v, probe, dropout_p)
-
-
-# Long-sequence float32 inference on CPU: queries in blocks of this many rows (a block's logits stay in cache).
-ONEDNN_QUERY_BLOCK = 256
-# ... from this many keys and queries on; shorter sequences keep the fused kernel (equally fast there).
-ONEDNN_MIN_KEYS = 512
-
-
-def _long_inference_on_onednn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    if not onednn_available(q, k, v):
-        return False
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    return not grad and k.shape[-2] >= ONEDNN_MIN_KEYS and q.shape[-2] >= ONEDNN_QUERY_BLOCK
-
-
-def _onednn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v without autograd, on oneDNN's GEMM: per (batch, head), blocks of query rows.
-
-    In float32 the fused CPU kernel runs its block products on MKL's sgemm, which on AMD Zen is half as fast as
-    oneDNN's (see :mod:`glocal.layers.linear`); at 640 px this is 1.5-1.9x faster for ViT-S's and VOLO-D1's heads
-    (``(8, 6, 1601, 64)``: 127 vs 192 ms). Each block's (rows, Nk) logits are materialised, softmaxed in place and
-    multiplied by v; the result equals the fused kernel's to float32 rounding.
-    """
-    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # (B, heads, Nq, dv)
-    q = (q * scale).flatten(0, 1)  # (B*heads, Nq, d), scaled once
-    k, v, rows = k.flatten(0, 1), v.flatten(0, 1), out.flatten(0, 1)
-    for i in range(q.shape[0]):
-        keys = k[i].contiguous()  # (Nk, d): the "weight" of q @ k^T
-        values_t = v[i].t().contiguous()  # (dv, Nk): the "weight" of attn @ v
-        for start in range(0, q.shape[1], ONEDNN_QUERY_BLOCK):
-            logits = onednn_gemm(q[i, start : start + ONEDNN_QUERY_BLOCK].contiguous(), keys)  # (rows, Nk)
-            torch.softmax(logits, dim=-1, out=logits)
-            rows[i, start : start + ONEDNN_QUERY_BLOCK] = onednn_gemm(logits, values_t)  # (rows, dv)
-    return out
 
 
 def attend_logits(
@@ -129,9 +95,9 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe = AttentionProbe("global", prefix_tokens=prefix_tokens)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from glocal.layers.linear import Linear
-
 __all__ = ["Mlp"]
 
 
@@ -30,10 +28,10 @@ class Mlp(nn.Module):
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         drop1, drop2 = drop if isinstance(drop, tuple) else (drop, drop)
-        self.fc1 = Linear(in_features, hidden_features)
+        self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop1)
-        self.fc2 = Linear(hidden_features, out_features)
+        self.fc2 = nn.Linear(hidden_features, out_features)
         self.drop2 = nn.Dropout(drop2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

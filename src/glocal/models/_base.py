@@ -12,10 +12,11 @@ A :class:`Backbone` maps (B, in_chans, H, W) images to logits and exposes:
 * ``reset_classifier(num_classes)``, ``no_weight_decay()``; ``data_config`` with the input size and normalisation.
 
 Input checks (rank, channels, size divisibility) live here, once, in :meth:`Backbone.check_input`; every family's
-first step is :meth:`Backbone.prepare_input`, which checks and hands the image over in channels-last memory layout
-(NHWC strides, same shape and values). On CPU, oneDNN's convolutions and their backward run about 1.2-1.4x faster
-on channels-last tensors (ResNet-50, batch 8), and the layout propagates through convolutions, norms and
-activations; token models gain less (their first conv turns into a reshape-free flatten).
+first step is :meth:`Backbone.prepare_input`, which checks and, while the CPU backend (:mod:`glocal.backends.cpu`)
+is on, hands the image over in channels-last memory layout (NHWC strides, same shape and values). On CPU, oneDNN's
+convolutions and their backward run about 1.2-1.4x faster on channels-last tensors (ResNet-50, batch 8), and the
+layout propagates through convolutions, norms and activations; token models gain less (their first conv turns into a
+reshape-free flatten). With the backend off the image keeps the caller's layout (torch's standard path).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from glocal.layers.linear import Linear, capturing_graph
+from glocal.backends import cpu as cpu_backend
 from glocal.validate import check_input_tensor
 
 __all__ = ["Backbone", "DataConfig", "FeatureInfo", "resolve_indices", "to_2tuple"]
@@ -123,16 +124,17 @@ class Backbone(nn.Module):
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """:func:`glocal.validate.check_input_tensor` (a tensor of the model's dtype, finite, of a size that fits in
-        memory), ``check_input``, then ``x`` in this model's ``memory_format`` (a copy only when the layout differs).
+        memory), ``check_input``, then, while the CPU backend is on, ``x`` in this model's ``memory_format`` (a copy
+        only when the layout differs); with it off ``x`` as given.
 
         Traced and exported graphs get ``x`` as it is: a layout is an eager-mode speed matter (ONNX has none), and
         strides baked into a graph with dynamic sizes can make its reshapes fail."""
-        if capturing_graph():
+        if cpu_backend.capturing_graph():
             self.check_input(x)
             return x
         x = check_input_tensor(self, x)
         self.check_input(x)
-        return x.contiguous(memory_format=self.memory_format)
+        return cpu_backend.prepare_input(x, self.memory_format)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -168,4 +170,4 @@ class Backbone(nn.Module):
         return set()
 
     def _make_head(self, num_classes: int) -> nn.Module:
-        return Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

@@ -13,7 +13,7 @@ Tokens-to-token module (for an H x W input; ``token_dim`` = 64)::
     soft split  Unfold(3, stride 2, pad 1)   -> (B, H/8 * W/8, 576)
     T2T layer   attention2 (576 -> 64)       -> re-structurize to (B, 64, H/8, W/8)
     soft split  Unfold(3, stride 2, pad 1)   -> (B, H/16 * W/16, 576)
-    project     Linear(576, embed_dim)       -> tokens at stride 16
+    project     nn.Linear(576, embed_dim)       -> tokens at stride 16
 
 A T2T layer changes the token width, so its attention residual is the value projection ``v`` rather than the input:
 ``x = v + proj(attn(norm1(x)))`` then ``x = x + mlp(norm2(x))``. :class:`TokenTransformer` (the ``_t`` variants) is
@@ -56,7 +56,6 @@ import torch
 from torch import nn
 
 from glocal.layers.attention import attend
-from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.probe import AttentionProbe
 from glocal.models._base import DataConfig
@@ -113,9 +112,9 @@ class TokenAttention(nn.Module):
         super().__init__()
         self.out_dim = out_dim
         self.scale = dim**-0.5
-        self.qkv = Linear(dim, out_dim * 3, bias=False)
+        self.qkv = nn.Linear(dim, out_dim * 3, bias=False)
         self.attn_drop = attn_drop
-        self.proj = Linear(out_dim, out_dim)
+        self.proj = nn.Linear(out_dim, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe = AttentionProbe()
 
@@ -157,9 +156,9 @@ class TokenPerformer(nn.Module):
     def __init__(self, dim: int, out_dim: int, *, kernel_ratio: float = 0.5, drop: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         self.out_dim = out_dim
-        self.kqv = Linear(dim, 3 * out_dim)
+        self.kqv = nn.Linear(dim, 3 * out_dim)
         self.drop = nn.Dropout(drop)
-        self.proj = Linear(out_dim, out_dim)
+        self.proj = nn.Linear(out_dim, out_dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(out_dim)
         self.mlp = Mlp(out_dim, out_dim, drop=(0.0, drop))
@@ -222,7 +221,7 @@ class TokensToToken(nn.Module):
             self.attention2 = TokenTransformer(token_dim * 3 * 3, token_dim)
         else:
             raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {tokens_type!r}")
-        self.project = Linear(token_dim * 3 * 3, embed_dim)
+        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         B, _, H, W = x.shape

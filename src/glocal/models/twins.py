@@ -57,7 +57,6 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend
 from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
-from glocal.layers.linear import Linear
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.probe import AttentionProbe
 from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
@@ -155,10 +154,10 @@ class GlobalSubsampledAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.q = Linear(dim, dim, bias=qkv_bias)
-        self.kv = Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:

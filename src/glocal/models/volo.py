@@ -59,7 +59,6 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend, attend_logits
 from glocal.layers.block import TransformerBlock
 from glocal.layers.drop import drop_path_rates
-from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.pos_embed import resample_grid
 from glocal.layers.probe import AttentionProbe
@@ -126,10 +125,10 @@ class OutlookAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.v = Linear(dim, dim, bias=qkv_bias)
-        self.attn = Linear(dim, k2 * k2 * num_heads)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn = nn.Linear(dim, k2 * k2 * num_heads)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         # ceil_mode: an odd side gets a last, narrower window, averaged over its real positions only.
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)
@@ -173,10 +172,10 @@ class ClassAttention(nn.Module):
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.kv = Linear(dim, dim * 2, bias=qkv_bias)
-        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.probe = AttentionProbe("class", prefix_tokens=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

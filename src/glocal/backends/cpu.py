@@ -1,0 +1,365 @@
+"""glocal's CPU backend: faster routes for float32 products and attention, taken only where they measure faster.
+
+Off by default: a glocal model is torch's standard path (``nn.Linear``, ``scaled_dot_product_attention``, the
+caller's memory layout) until :func:`enable` is called. The ``glocal`` command, the training engine and
+``glocal bench`` call it; library users call ``glocal.backends.enable(model)`` once. It switches on, process-wide:
+
+* **malloc**: glibc keeps freed memory for reuse (:func:`glocal.runtime.keep_freed_memory`; 20-35% of a ResNet-50
+  training step on 2 cores is page faults of freshly mapped activations otherwise), unless ``malloc=False``.
+* **denormal flushing** (``torch.set_flush_denormal``): small weights and momenta decay into denormal floats, which
+  x86 CPUs process up to 100x slower.
+* **channels-last input**: :meth:`glocal.models._base.Backbone.prepare_input` hands images to convolutional families
+  in NHWC strides, the layout oneDNN's convolutions run 1.2-1.4x faster on.
+* **routes**, for eager float32 CPU tensors outside autocast and graph capture, each chosen per shape class by a
+  short measurement at first use against torch's default (kept only if it is at least ``MARGIN`` faster):
+
+  - ``linear``: ``F.linear`` (MKL's sgemm) or oneDNN's GEMM (``torch.ops.mkldnn._linear_pointwise``, the kernel
+    ``torch.compile`` uses on CPU), with a backward whose products go there too. On AMD Zen 5 MKL's float32 sgemm
+    runs at half of oneDNN's; on Zen 4 and Intel they are within 0-30% either way: hence measured, not assumed.
+  - ``attention`` (inference, long sequences): the fused ``scaled_dot_product_attention`` or the same product on
+    oneDNN's GEMM in blocks of query rows (see :func:`blocked_attention`).
+
+  ``model`` given, its plain ``nn.Linear`` layers are switched to :class:`RoutedLinear` (same class for
+  ``isinstance``, same parameters and state dict), whose forward is :func:`linear`: ``F.linear`` while the backend
+  is off.
+
+Route choices are cached per process and on disk per CPU model and torch version (``$GLOCAL_CACHE_DIR``, default
+``~/.cache/glocal``), so calibration runs once per machine; :func:`route_state` / :func:`load_route_state` carry them
+with a training checkpoint so that a resumed run takes the same routes (the routes differ by float32 rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+from glocal.runtime import keep_freed_memory
+
+__all__ = [
+    "MARGIN",
+    "RoutedLinear",
+    "blocked_attention",
+    "capturing_graph",
+    "cpu_model",
+    "disable",
+    "enable",
+    "fast_attention",
+    "is_enabled",
+    "linear",
+    "load_route_state",
+    "onednn_gemm",
+    "prepare_input",
+    "route_state",
+    "use_by_default",
+]
+
+# A route replaces torch's default only if it is at least this much faster (relative) in the calibration.
+MARGIN = 0.05
+# Products with fewer rows (tokens x batch) than this stay on F.linear uncalibrated (a class token, a pooled vector).
+MIN_ROWS = 64
+# Attention on the blocked route: query blocks of this many rows, from this many keys and queries on.
+QUERY_BLOCK = 256
+MIN_KEYS = 512
+# Calibration: each route timed this many times after one warm-up, the best kept.
+CALIBRATION_RUNS = 3
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_enabled = False
+_declined = False  # disable() was called: use_by_default() leaves the backend off
+_routes: dict[str, str] = {}  # shape-class key -> route name
+_lock = threading.Lock()
+
+
+def capturing_graph() -> bool:
+    """Whether a graph is being traced, scripted, compiled or exported (which must hold standard operators)."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
+def is_enabled() -> bool:
+    return _enabled
+
+
+def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``mkldnn._linear_pointwise(input (..., K), weight (N, K), ...)``: as ``addmm``."""
+    return 2 * math.prod(x_shape[:-1]) * weight_shape[1] * weight_shape[0]
+
+
+def enable(model: nn.Module | None = None, *, malloc: bool = True) -> nn.Module | None:
+    """Switch the CPU backend on (process-wide; see the module docstring) and, given ``model``, route its
+    ``nn.Linear`` layers; returns ``model``. Idempotent."""
+    global _enabled, _declined
+    _declined = False
+    if malloc:
+        keep_freed_memory()
+    if not _enabled:
+        torch.set_flush_denormal(True)
+        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if _ONEDNN else None
+        if op is not None and op not in flop_registry:  # FlopCounterMode counts the oneDNN route as addmm
+            register_flop_formula(op)(_onednn_linear_flop)
+        _load_disk_cache()
+        _enabled = True
+    if model is not None:
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = RoutedLinear
+    return model
+
+
+def disable() -> None:
+    """Switch the routes and channels-last input off again: every glocal model takes torch's standard path, also
+    those the engine and bench build later (:func:`use_by_default`). The malloc and denormal settings stay (they are
+    process-wide and change no result)."""
+    global _enabled, _declined
+    _enabled, _declined = False, True
+
+
+def use_by_default(model: nn.Module) -> nn.Module:
+    """:func:`enable` for ``model``, unless :func:`disable` was called in this process (``glocal --standard-path``):
+    what the training engine, inference restore and ``glocal bench`` call for CPU models."""
+    if _declined:
+        return model
+    return enable(model)
+
+
+def prepare_input(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` in ``memory_format`` while the backend is on (eager CPU); as given otherwise."""
+    if not _enabled or capturing_graph() or x.device.type != "cpu":
+        return x
+    return x.contiguous(memory_format=memory_format)
+
+
+def _eligible(*tensors: torch.Tensor) -> bool:
+    """Whether the routes may take these tensors: backend on, eager float32 CPU, no autocast."""
+    if not _enabled or capturing_graph():  # first: reading a symbolic tensor's properties would add guards
+        return False
+    return (
+        _ONEDNN
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+# --- route choice ------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), which route choices are cached under."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_path() -> Path:
+    root = Path(os.environ.get("GLOCAL_CACHE_DIR") or Path.home() / ".cache" / "glocal")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_model()}-{torch.get_num_threads()}t-torch{torch.__version__}")
+    return root / f"cpu-routes-{slug.strip('-')}.json"
+
+
+def _load_disk_cache() -> None:
+    try:
+        saved = json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(saved, dict):
+        with _lock:
+            for key, route in saved.items():
+                _routes.setdefault(str(key), str(route))
+
+
+def _save_disk_cache() -> None:
+    from glocal.weights.io import write_bytes_atomic  # here: glocal.weights imports the models, which import this
+
+    try:
+        path = _cache_path()
+        with _lock:
+            text = json.dumps(dict(sorted(_routes.items())), indent=1)
+        write_bytes_atomic(text.encode(), path)
+    except OSError:  # a read-only home only costs a calibration next time
+        pass
+
+
+def _best_time(fn) -> float:
+    fn()
+    best = math.inf
+    for _ in range(CALIBRATION_RUNS):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _choose(key: str, default, candidate, name: str) -> str:
+    """The cached route of ``key``, or the faster of torch's ``default`` and ``candidate`` (by ``MARGIN``)."""
+    route = _routes.get(key)
+    if route is None:
+        with torch.no_grad() if "grad" not in key else torch.enable_grad():
+            t_default, t_candidate = _best_time(default), _best_time(candidate)
+        route = name if t_candidate < (1 - MARGIN) * t_default else "default"
+        with _lock:
+            _routes[key] = route
+        _save_disk_cache()
+    return route
+
+
+def route_state() -> dict[str, str]:
+    """Every route chosen so far in this process (shape-class key -> route), for a training checkpoint."""
+    with _lock:
+        return dict(_routes)
+
+
+def load_route_state(state: dict[str, str]) -> None:
+    """Take the routes of ``state`` (from :func:`route_state`) over any measured here, so that a resumed run
+    computes what the interrupted one did."""
+    with _lock:
+        _routes.update({str(k): str(v) for k, v in state.items()})
+
+
+def _rows_class(rows: int) -> int:
+    """Rows rounded up to a power of two: products within a factor of two share a choice."""
+    return 1 << max(rows - 1, 1).bit_length()
+
+
+# --- linear ------------------------------------------------------------------------------------------------------
+
+
+def onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias on oneDNN; contiguous operands; no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+# The weight gradient sums over the rows; oneDNN computes it from transposed copies of the gradient and the input,
+# which pays off up to this many rows per unit of the larger width and loses beyond (benchmarks/linear.py).
+WEIGHT_GRAD_ROWS_PER_WIDTH = 4
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_gemm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_gemm(grad, weight.t().contiguous(), None)  # (M, K)
+        if ctx.needs_input_grad[1]:
+            rows, k = x.shape
+            if rows <= WEIGHT_GRAD_ROWS_PER_WIDTH * max(k, grad.shape[1]):
+                grad_w = onednn_gemm(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
+            else:  # a long reduction: transposing the activations costs more than oneDNN saves
+                grad_w = grad.t().mm(x)  # (N, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _onednn_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool) -> torch.Tensor:
+    return _OneDNNLinear.apply(x2d, weight, bias) if grad else onednn_gemm(x2d, weight, bias)
+
+
+def _calibrate_linear(key: str, x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool):
+    xs = x2d.detach().clone().requires_grad_(grad)
+    w = weight.detach().clone().requires_grad_(grad)
+    b = None if bias is None else bias.detach().clone().requires_grad_(grad)
+
+    def run(fn):
+        def step():
+            y = fn()
+            if grad:
+                y.sum().backward()
+
+        return step
+
+    return _choose(
+        key, run(lambda: F.linear(xs, w, b)), run(lambda: _onednn_linear(xs.contiguous(), w, b, grad)), "onednn"
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for x (..., K), weight (N, K), on oneDNN where that measured faster."""
+    if not (_eligible(x, weight) and x.numel() >= MIN_ROWS * x.shape[-1]):
+        return F.linear(x, weight, bias)
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    x2d = x.reshape(-1, x.shape[-1])  # (M, K)
+    key = f"linear:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}:{'grad' if grad else 'infer'}"
+    route = _routes.get(key) or _calibrate_linear(key, x2d, weight, bias, grad)
+    if route != "onednn":
+        return F.linear(x, weight, bias)
+    return _onednn_linear(x2d.contiguous(), weight, bias, grad).reshape(*x.shape[:-1], weight.shape[0])
+
+
+class RoutedLinear(nn.Linear):
+    """``nn.Linear`` computed by :func:`linear` (``F.linear`` while the backend is off); :func:`enable` switches a
+    model's linear layers to it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+# --- attention ---------------------------------------------------------------------------------------------------
+
+
+def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v without autograd, on oneDNN's GEMM: per (batch, head), blocks of query rows.
+
+    In float32 the fused CPU kernel runs its block products on MKL's sgemm, on AMD Zen 5 half as fast as oneDNN's;
+    there this is 1.5-1.9x faster at 640 px for ViT-S's and VOLO-D1's heads (``(8, 6, 1601, 64)``). Each block's
+    (rows, Nk) logits are materialised, softmaxed in place and multiplied by v; the result equals the fused
+    kernel's to float32 rounding.
+    """
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # (B, heads, Nq, dv)
+    q = (q * scale).flatten(0, 1)  # (B*heads, Nq, d), scaled once
+    k, v, rows = k.flatten(0, 1), v.flatten(0, 1), out.flatten(0, 1)
+    for i in range(q.shape[0]):
+        keys = k[i].contiguous()  # (Nk, d): the "weight" of q @ k^T
+        values_t = v[i].t().contiguous()  # (dv, Nk): the "weight" of attn @ v
+        for start in range(0, q.shape[1], QUERY_BLOCK):
+            logits = onednn_gemm(q[i, start : start + QUERY_BLOCK].contiguous(), keys)  # (rows, Nk)
+            torch.softmax(logits, dim=-1, out=logits)
+            rows[i, start : start + QUERY_BLOCK] = onednn_gemm(logits, values_t)  # (rows, dv)
+    return out
+
+
+def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """The attention of a long float32 CPU inference call on the blocked route where that measured faster than the
+    fused kernel; None where the caller should run torch's fused kernel."""
+    if not _eligible(q, k, v) or k.shape[-2] < MIN_KEYS or q.shape[-2] < QUERY_BLOCK:
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    B, heads, nq, d = q.shape
+    key = f"attention:{_rows_class(B * heads)}x{_rows_class(nq)}x{_rows_class(k.shape[-2])}x{d}x{v.shape[-1]}"
+    route = _routes.get(key) or _choose(
+        key,
+        lambda: F.scaled_dot_product_attention(q, k, v, scale=scale),
+        lambda: blocked_attention(q, k, v, scale),
+        "blocked",
+    )
+    return blocked_attention(q, k, v, scale) if route == "blocked" else None

@@ -1,0 +1,159 @@
+"""glocal.backends.cpu: off, a model is torch's standard path; on, its routes compute F.linear's and the fused
+kernel's numbers (values and gradients), are taken only where allowed, and are chosen by measurement."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import glocal
+from glocal.backends import cpu
+from glocal.layers.attention import attend
+
+needs_onednn = pytest.mark.skipif(not cpu._ONEDNN, reason="this torch build has no oneDNN linear kernel")
+
+
+def _ran_onednn(fn) -> bool:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return any("_linear_pointwise" in e.key for e in prof.key_averages())
+
+
+@pytest.fixture
+def onednn_linear(cpu_backend_on, monkeypatch):
+    monkeypatch.setattr(cpu, "_choose", lambda key, d, c, name: name)  # the candidate route wins every class
+
+
+def test_off_a_model_is_the_standard_path():
+    model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=64).eval()
+    assert all(type(m) is not cpu.RoutedLinear for m in model.modules())
+    x = torch.randn(1, 3, 64, 64)
+    assert model.prepare_input(x) is x
+    with torch.inference_mode():
+        assert not _ran_onednn(lambda: model(x))
+    cpu.enable(model, malloc=False)
+    cpu.disable()
+    with torch.inference_mode():
+        assert not _ran_onednn(lambda: model(x))  # routed layers fall back to F.linear while off
+    assert model.prepare_input(x) is x
+
+
+def test_enable_routes_linear_layers_keeping_parameters_and_state_dict():
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert cpu.enable(model, malloc=False) is model
+    assert all(isinstance(m, nn.Linear) and type(m) is cpu.RoutedLinear for m in (model[0], model[2]))
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [2 * cpu.MIN_ROWS, 8 * 160])  # the weight gradient on oneDNN, then on MKL (long sum)
+def test_onednn_linear_values_and_gradients_equal_f_linear(onednn_linear, bias, rows):
+    torch.manual_seed(0)
+    layer = cpu.enable(nn.Linear(96, 160, bias=bias))
+    x = torch.randn(4, rows // 4, 96).transpose(0, 1)  # (rows / 4, 4, 96): non-contiguous
+    x_ref = x.detach().clone().requires_grad_()
+    x.requires_grad_()
+    assert _ran_onednn(lambda: layer(x))
+    y = layer(x)
+    y_ref = F.linear(x_ref, layer.weight, layer.bias)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, *layer.parameters()], g)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("rows", "dtype", "autocast"),
+    [
+        (cpu.MIN_ROWS - 1, torch.float32, False),
+        (cpu.MIN_ROWS, torch.float64, False),
+        (cpu.MIN_ROWS, torch.float32, True),
+    ],
+)
+def test_small_products_other_dtypes_and_autocast_take_f_linear(onednn_linear, rows, dtype, autocast):
+    layer = cpu.enable(nn.Linear(32, 32).to(dtype))
+    x = torch.randn(rows, 32, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        assert not _ran_onednn(lambda: layer(x))
+        y = layer(x)
+    assert y.dtype == (torch.bfloat16 if autocast else dtype)
+
+
+@needs_onednn
+def test_traced_graphs_hold_the_standard_operator(onednn_linear):
+    layer = cpu.enable(nn.Linear(32, 48))
+    x = torch.randn(2 * cpu.MIN_ROWS, 32)
+    traced = torch.jit.trace(layer, x)
+    assert "linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def _qkv(nq: int, nk: int, requires_grad: bool = False):
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, nq, 16, requires_grad=requires_grad)
+    k = torch.randn(2, 3, nk, 16, requires_grad=requires_grad)
+    v = torch.randn(2, 3, nk, 24, requires_grad=requires_grad)
+    return q, k, v
+
+
+@needs_onednn
+def test_blocked_attention_equals_the_fused_kernel(onednn_linear):
+    q, k, v = _qkv(cpu.QUERY_BLOCK + 37, cpu.MIN_KEYS + 5)  # a partial last block of queries
+    # Non-contiguous operands, as the heads of a fused qkv projection are.
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    with torch.inference_mode():
+        assert _ran_onednn(lambda: attend(q, k, v, scale=0.3))
+        out = attend(q, k, v, scale=0.3)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.3), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", ["grad", "short", "bias", "dropout", "off"])
+def test_other_attention_calls_keep_the_fused_kernel(onednn_linear, case):
+    if case == "off":
+        cpu.disable()
+    nk = 64 if case == "short" else cpu.MIN_KEYS
+    q, k, v = _qkv(cpu.QUERY_BLOCK, nk, requires_grad=case == "grad")
+    kwargs = {"bias": torch.zeros(1, nk)} if case == "bias" else {"dropout_p": 0.5} if case == "dropout" else {}
+    assert not _ran_onednn(lambda: attend(q, k, v, **kwargs))
+
+
+@pytest.mark.parametrize(("default_s", "candidate_s", "route"), [(0.0, 0.01, "default"), (0.01, 0.0, "fast")])
+def test_routes_are_chosen_by_measurement_and_cached_on_disk(cpu_backend_on, default_s, candidate_s, route):
+    calls = []
+
+    def timed(seconds, name):
+        return lambda: (calls.append(name), time.sleep(seconds))
+
+    key = "test:shape"
+    assert cpu._choose(key, timed(default_s, "default"), timed(candidate_s, "fast"), "fast") == route
+    assert cpu._choose(key, timed(0, "default"), timed(0, "fast"), "fast") == route  # cached: not measured again
+    assert len(calls) == 2 * (1 + cpu.CALIBRATION_RUNS)
+    assert json.loads(cpu._cache_path().read_text())[key] == route
+    cpu._routes.clear()
+    cpu._load_disk_cache()  # a new process on this CPU
+    assert cpu.route_state() == {key: route}
+
+
+def test_a_loaded_route_state_overrides_what_was_measured(cpu_backend_on):
+    cpu._routes["linear:x"] = "default"
+    cpu.load_route_state({"linear:x": "onednn"})
+    assert cpu.route_state()["linear:x"] == "onednn"
+
+
+def test_standard_path_is_not_overridden_by_use_by_default(cpu_backend_on):
+    cpu.disable()
+    model = cpu.use_by_default(nn.Linear(2, 2))
+    assert type(model) is nn.Linear and not cpu.is_enabled()
