@@ -159,25 +159,11 @@ class Segmenter(nn.Module):
 
 
 def load_segmenter_weights(segmenter: Segmenter, path: str | os.PathLike, *, ema: bool = False) -> None:
-    """Load a segmenter's weights: a training state (``last.pt``; ``ema`` picks ``model_ema``) or a safetensors file
-    of its state dict. Tensors only, nothing unpickled."""
-    from glocal.engine.checkpoint import is_train_state
+    """Load a segmenter's weights from a training state (``last.pt``; ``ema`` picks ``model_ema``) or a state-dict
+    file, read by :func:`glocal.weights.open_checkpoint` (tensors only, nothing unpickled)."""
+    from glocal.weights import open_checkpoint
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"segmenter checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if not is_train_state(saved):
-            raise ValueError(f"{path!r} is neither a glocal training state nor a .safetensors state dict")
-        state = saved["model_ema" if ema else "model"]
-        if state is None:
-            raise ValueError(f"{path!r} holds no EMA weights (the run had no ema_decay)")
-    segmenter.load_state_dict(state)
+    segmenter.load_state_dict(open_checkpoint(path, ema=ema).tensors)
 
 
 def _checkpointed_forward(self: nn.Module, *args):
@@ -253,10 +239,13 @@ def _block_order(segmenter: Segmenter) -> tuple[dict[str, int], int]:
     order: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(names[mod])) for m in backbone.modules()]
     size = segmenter.pyramid.input_divisor * max(1, math.ceil(segmenter.pyramid.min_input_size / 32))
+    was_training = backbone.training
     try:
         with torch.no_grad():
-            backbone(torch.zeros(1, backbone.backbone.in_chans, size, size))
+            backbone.eval()(torch.zeros(1, backbone.backbone.in_chans, size, size))
     finally:
+        backbone.train(was_training)
+        segmenter.train(segmenter.training)
         for h in hooks:
             h.remove()
     layer_of, current, inside = {}, 0, None

@@ -32,17 +32,19 @@ from glocal.data.transforms import normalize
 from glocal.dense.evaluate import SegMetrics, confusion_matrix, metrics_from_confusion, save_overlay, slide_inference
 from glocal.dense.segmenter import Segmenter, create_segmenter, layer_decay_groups
 from glocal.engine import distributed
-from glocal.engine.checkpoint import STATE_FORMAT, atomic_save, capture_rng, load_train_state, restore_rng
+from glocal.engine.checkpoint import atomic_save, capture_rng, load_train_state, restore_rng
 from glocal.engine.config import TrainConfig
 from glocal.engine.ema import ModelEma
 from glocal.engine.evaluate import autocast
 from glocal.engine.optim import build_scheduler
+from glocal.weights import STATE_FORMAT
 from glocal.engine.trainer import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     LOG_NAME,
     Callback,
     _amp_dtype,
+    _cpu_settings,
     _rank_slice,
     _resolve_output,
     _seed,
@@ -128,6 +130,17 @@ class _Augmented(torch.utils.data.Dataset):
         return self.augment(image, label, np.random.default_rng(_seed(self.seed, 1, self.epoch, index)))
 
 
+class _TrainForward(nn.Module):
+    """The segmenter's ``forward_train`` as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.segmenter.forward_train(x)
+
+
 def _optimizer(model: Segmenter, cfg: SegmentConfig) -> torch.optim.Optimizer:
     groups = layer_decay_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     if cfg.optimizer == "sgd":
@@ -140,9 +153,11 @@ def train_segment(cfg: SegmentConfig, callback: Callback | None = None) -> Segme
     cfg.validate()
     callback = callback or Callback()
     info = distributed.setup(cfg.device)
+    if info.device.type == "cpu":
+        torch.set_flush_denormal(True)
+    cfg = _cpu_settings(cfg)
     threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, callback, info)
     finally:
@@ -190,7 +205,8 @@ def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -
     if info.is_main:
         config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_log(log_path, start_epoch)
-    net = DistributedDataParallel(model) if info.distributed else model
+    net = _TrainForward(model)
+    net = DistributedDataParallel(net) if info.distributed else net
     augment = SegAugment(cfg.scale, cfg.ratio_range, cfg.crop_size, cfg.cat_max_ratio, cfg.hflip, cfg.photometric)
     augmented = _Augmented(train_set, augment, cfg.seed)
     mean, std = model.data_config.mean, model.data_config.std
@@ -213,7 +229,7 @@ def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -
             x = normalize(images.to(device), mean, std)
             torch.manual_seed(_seed(cfg.seed, 2, epoch, step, info.rank))
             with autocast(device, amp_dtype):
-                logits = (net.module if info.distributed else net).forward_train(x) if not info.distributed else net(x)
+                logits = net(x)
             loss = model.loss(logits, labels.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -300,3 +316,29 @@ def evaluate_segment(model, dataset, cfg, *, device, amp_dtype=None, info=None, 
     if info is not None:
         distributed.all_reduce_sum(confusion, info)
     return metrics_from_confusion(confusion.cpu(), dataset.classes)
+
+
+def evaluate_segment_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    eval_mode: str | None = None,
+    ema: bool = False,
+    overlay_dir: str | Path | None = None,
+) -> tuple[SegmentConfig, SegMetrics]:
+    """Rebuild the segmenter of a ``glocal train --task segment`` run from its ``last.pt`` and evaluate it."""
+    from glocal.dense.segmenter import load_segmenter_weights
+
+    state = load_train_state(checkpoint)
+    if state.get("task") != "segment":
+        raise ValueError(f"{str(checkpoint)!r} is not a segmentation run's training state (--task segment)")
+    values = json.loads(state["config"])
+    values["pretrained"] = None  # the weights come from the checkpoint
+    cfg = SegmentConfig.from_dict(values | ({"eval_mode": eval_mode} if eval_mode else {}))
+    dataset = SegmentationDataset(data, split, reduce_zero_label=cfg.reduce_zero_label)
+    if tuple(dataset.classes) != tuple(state["classes"]):
+        raise ValueError(f"{str(data)!r} lists classes {dataset.classes}, the run was trained on {state['classes']}")
+    model = build_segmenter(cfg, len(dataset.classes))
+    load_segmenter_weights(model, checkpoint, ema=ema)
+    return cfg, evaluate_segment(model, dataset, cfg, device=torch.device("cpu"), overlay_dir=overlay_dir)
