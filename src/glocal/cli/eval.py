@@ -24,6 +24,7 @@ def add_parser(sub, name: str) -> None:
         description="Evaluate the model of --checkpoint (rebuilt from it: architecture, classes, input size and "
         "preprocessing as saved) on the val/ split of --data, or on the bundled digits' validation split.",
     )
+    p.add_argument("--task", choices=("classify", "segment"), default="classify", help="segment: mIoU of a segmenter")
     add_checkpoint(p, required=True)
     add_model(p)
     p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
@@ -39,6 +40,8 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "segment":
+        return _run_segment(args)
     ckpt = open_checkpoint(args.checkpoint, ema=args.ema)
     classes = None
     if args.data is not None and ckpt.classes is None:
