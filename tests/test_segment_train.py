@@ -20,10 +20,39 @@ def test_train_eval_and_resume_on_the_shapes_set(tmp_path, capsys):
     data = make_synthetic_segmentation(tmp_path / "shapes", train=48, val=16, size=(96, 128))
     out = tmp_path / "run"
     common = ["--task", "segment", "--head", "semantic_fpn", "--model", "resnet50", "--data", str(data)]
-    sets = ["--set", "model_kwargs={depths: [1, 1, 1, 1]}", "--set", "crop_size=[96, 96]", "--set", "scale=[128, 96]",
-            "--set", "test_scale=null"]  # fmt: skip
-    args = ["train", *common, *sets, "--epochs", "2", "--batch-size", "8", "--optimizer", "adamw", "--lr", "1e-3",
-            "--weight-decay", "0.01", "--schedule", "poly", "--output", str(out), "--threads", "1", "--workers", "0"]  # fmt: skip
+    sets = [
+        "--set",
+        "model_kwargs={depths: [1, 1, 1, 1]}",
+        "--set",
+        "crop_size=[96, 96]",
+        "--set",
+        "scale=[128, 96]",
+        "--set",
+        "test_scale=null",
+    ]
+    args = [
+        "train",
+        *common,
+        *sets,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0.01",
+        "--schedule",
+        "poly",
+        "--output",
+        str(out),
+        "--threads",
+        "1",
+        "--workers",
+        "0",
+    ]
     assert main([*args, "--max-steps", "6"]) == 0  # stops after the first epoch
     assert main(["train", "--resume", "--output", str(out), "--max-steps", "12", "--threads", "1"]) == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

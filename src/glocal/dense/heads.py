@@ -95,8 +95,10 @@ class UPerHead(_ClassifierMixin):
         self._make_classifier(channels, num_classes, dropout)
 
     def _psp(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = [_resize(conv(F.adaptive_avg_pool2d(x, s)), x.shape[-2:]) for conv, s in zip(
-            self.psp_modules, self.pool_scales, strict=True)]  # fmt: skip
+        pooled = [
+            _resize(conv(F.adaptive_avg_pool2d(x, s)), x.shape[-2:])
+            for conv, s in zip(self.psp_modules, self.pool_scales, strict=True)
+        ]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))  # (B, channels, h, w)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -128,7 +128,9 @@ class Segmenter(nn.Module):
         if with_aux and self.aux_head is not None:
             out["aux"] = self.aux_head(maps[2])
         size = padded.shape[-2:]
-        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)[..., :H, :W] for k, v in out.items()}
+        return {
+            k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)[..., :H, :W] for k, v in out.items()
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(x, with_aux=False)["out"]

@@ -13,6 +13,7 @@ resized back to the label map's size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -37,7 +38,6 @@ from glocal.engine.config import TrainConfig
 from glocal.engine.ema import ModelEma
 from glocal.engine.evaluate import autocast
 from glocal.engine.optim import build_scheduler
-from glocal.weights import STATE_FORMAT
 from glocal.engine.trainer import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -50,6 +50,7 @@ from glocal.engine.trainer import (
     _seed,
     _truncate_log,
 )
+from glocal.weights import STATE_FORMAT
 
 __all__ = ["SegmentConfig", "SegmentResult", "build_segmenter", "evaluate_segment", "train_segment"]
 
@@ -186,10 +187,12 @@ def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
-    optimizer = _optimizer(model, cfg)
+    lr, min_lr = cfg.scaled_lr()
+    scaled = dataclasses.replace(cfg, lr=lr, min_lr=min_lr, lr_base_size=None)
+    optimizer = _optimizer(model, scaled)
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
+    scheduler = build_scheduler(optimizer, scaled, steps_per_epoch, total_steps)
     start_epoch, start_step, global_step = 0, 0, 0
     state_path = out / CHECKPOINT_NAME
     if cfg.resume:
@@ -243,15 +246,27 @@ def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -
                 ema.update(model)
             global_step += 1
             sums += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64)
-            callback.on_step({"loss": float(sums[0] / sums[1]), "top1": 0.0, "lr": optimizer.param_groups[0]["lr"],
-                              "images_per_s": len(images) * info.world_size / (time.perf_counter() - step_start)})  # fmt: skip
+            callback.on_step(
+                {
+                    "loss": float(sums[0] / sums[1]),
+                    "top1": 0.0,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": len(images) * info.world_size / (time.perf_counter() - step_start),
+                }
+            )
         seconds = time.perf_counter() - epoch_start
         sums = distributed.all_reduce_sum(sums.to(device), info).cpu()
         evaluated = ema.module if ema is not None else model
         val = evaluate_segment(evaluated, val_set, cfg, device=device, amp_dtype=amp_dtype, info=info)
-        record = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                  "train_loss": float(sums[0] / max(sums[1], 1)), **{f"val_{k}": v for k, v in val.summary().items()},
-                  "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0, "seconds": seconds}  # fmt: skip
+        record = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": float(sums[0] / max(sums[1], 1)),
+            **{f"val_{k}": v for k, v in val.summary().items()},
+            "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0,
+            "seconds": seconds,
+        }
         if info.is_main:
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
