@@ -213,7 +213,8 @@ def _run_segment(cfg, console: Console, is_main: bool) -> int:
     if is_main and result.val is not None:
         console.print(
             f"[bold]validation mIoU {result.val.miou:.2f}%[/] (mAcc {result.val.macc:.2f}%, "
-            f"aAcc {result.val.aacc:.2f}%) after {result.steps} steps in {result.seconds:.0f} s\ncheckpoint: {result.checkpoint} "
+            f"aAcc {result.val.aacc:.2f}%) after {result.steps} steps in {result.seconds:.0f} s\n"
+            f"checkpoint: {result.checkpoint} "
             f"(resume with --resume --output {result.output_dir})\nlog:        {result.log}",
             soft_wrap=True,
         )

@@ -42,7 +42,8 @@ def lr_factor(step: int, cfg, steps_per_epoch: int, total_steps: int) -> float:
     """Learning rate at optimiser step ``step`` as a fraction of ``cfg.lr``.
 
     Linear warmup from 0 over ``warmup_epochs``, then cosine or polynomial (``poly_power``, mmseg's PolyLR) decay to
-    ``min_lr`` at ``total_steps``, steps of ``step_gamma`` at each of ``step_epochs``, or constant. Evaluated per step, so warmup and decay are smooth.
+    ``min_lr`` at ``total_steps``, steps of ``step_gamma`` at each of ``step_epochs``, or constant. Evaluated per
+    step, so warmup and decay are smooth.
     """
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
