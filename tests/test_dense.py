@@ -312,3 +312,18 @@ def test_dataset_refuses_a_folder_without_the_layout(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     with pytest.raises(FileNotFoundError, match="ADE20K"):
         SegmentationDataset(tmp_path, "train")
+
+
+def test_bench_task_segment_reports_speed_and_memory(capsys):
+    import json
+
+    from glocal.cli import main
+
+    assert main(["bench", "resnet50", "--task", "segment", "--head", "semantic_fpn", "--img-size", "64,96",
+                 "--batch-size", "1", "--runs", "1", "--warmup", "0", "--json"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["model"], r["img_size"], r["head"]) for r in records] == [
+        ("resnet50", 64, "semantic_fpn"),
+        ("resnet50", 96, "semantic_fpn"),
+    ]
+    assert all(r["img_per_s"] > 0 and r["latency_ms"] > 0 for r in records)
