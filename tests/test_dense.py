@@ -327,3 +327,22 @@ def test_bench_task_segment_reports_speed_and_memory(capsys):
         ("resnet50", 96, "semantic_fpn"),
     ]
     assert all(r["img_per_s"] > 0 and r["latency_ms"] > 0 for r in records)
+
+
+def test_a_small_segmenter_learns_the_shapes_well_above_chance(tmp_path):
+    """Measured here: mIoU 39.2% after 12 AdamW steps (3 epochs of 4 batches of 8 at 64x64; ResNet-50 with one block
+    per stage + Semantic FPN; about 27 s on one thread), against 22% for predicting background everywhere."""
+    from glocal.engine.segment import SegmentConfig, train_segment
+
+    data = make_synthetic_segmentation(tmp_path / "shapes", train=32, val=8, size=(64, 80))
+    val = SegmentationDataset(data, "val")
+    confusion = sum(confusion_matrix(torch.zeros_like(label), label, 4) for _, label in val)
+    chance = metrics_from_confusion(confusion, val.classes).miou  # every pixel called background
+    cfg = SegmentConfig(model="resnet50", head="semantic_fpn", data=str(data), model_kwargs={"depths": [1, 1, 1, 1]},
+                        crop_size=(64, 64), scale=(80, 64), ratio_range=(0.75, 1.25), test_scale=None, epochs=3,
+                        batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=0.01, schedule="poly",
+                        output=str(tmp_path / "run"), threads=1, workers=0)  # fmt: skip
+    result = train_segment(cfg)
+    assert result.steps == 12
+    assert 15 < chance < 30
+    assert result.val.miou > chance + 10, (result.val.miou, chance)

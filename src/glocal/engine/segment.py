@@ -44,11 +44,11 @@ from glocal.engine.trainer import (
     LOG_NAME,
     Callback,
     _amp_dtype,
-    _cpu_settings,
     _rank_slice,
     _resolve_output,
     _seed,
     _truncate_log,
+    process_settings,
 )
 from glocal.weights import STATE_FORMAT
 
@@ -152,18 +152,8 @@ def _optimizer(model: Segmenter, cfg: SegmentConfig) -> torch.optim.Optimizer:
 def train_segment(cfg: SegmentConfig, callback: Callback | None = None) -> SegmentResult:
     """Train a segmenter as ``cfg`` says (or resume it); evaluates after every epoch."""
     cfg.validate()
-    callback = callback or Callback()
-    info = distributed.setup(cfg.device)
-    if info.device.type == "cpu":
-        torch.set_flush_denormal(True)
-    cfg = _cpu_settings(cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        return _train(cfg, callback, info)
-    finally:
-        torch.set_num_threads(threads)
-        distributed.cleanup(info)
+    with process_settings(cfg) as (cfg, info):
+        return _train(cfg, callback or Callback(), info)
 
 
 def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -> SegmentResult:
