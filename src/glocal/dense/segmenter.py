@@ -92,7 +92,7 @@ class PyramidBackbone(nn.Module):
 class Segmenter(nn.Module):
     """(B, 3, H, W) -> logits (B, num_classes, H, W) for any H, W; ``forward_train`` adds the auxiliary logits."""
 
-    def __init__(self, pyramid: PyramidBackbone, head: str, num_classes: int) -> None:
+    def __init__(self, pyramid: PyramidBackbone, head: str, num_classes: int, head_channels: int | None = None) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -102,11 +102,11 @@ class Segmenter(nn.Module):
         self.aux_head = None
         if head == "semantic_fpn":
             self.neck = nn.Identity() if pyramid.plain else FPN(pyramid.channels, 256)
-            self.decode_head = SemanticFPNHead([256] * 4, num_classes)
+            self.decode_head = SemanticFPNHead([256] * 4, num_classes, channels=head_channels or 128)
         else:
             self.neck = nn.Identity()
-            self.decode_head = UPerHead(pyramid.channels, num_classes)
-            self.aux_head = FCNHead(pyramid.channels[2], num_classes)
+            self.decode_head = UPerHead(pyramid.channels, num_classes, channels=head_channels or 512)
+            self.aux_head = FCNHead(pyramid.channels[2], num_classes, channels=head_channels or 256)
         self.frozen_bn = False
         self.frozen_modules: list[nn.Module] = []
 
@@ -214,16 +214,19 @@ def create_segmenter(
     frozen_stages: int = -1,
     frozen_bn: bool = False,
     grad_checkpointing: bool = False,
+    head_channels: int | None = None,
     **backbone_kwargs: Any,
 ) -> Segmenter:
     """A semantic segmenter on registered backbone ``name``.
 
     ``pretrained``: backbone weights (any checkpoint ``glocal.load_checkpoint`` reads; the classifier is dropped).
     ``checkpoint``: a whole segmenter's weights (``glocal train --task segment``'s ``last.pt`` or a state dict file
-    of this segmenter). ``backbone_kwargs`` go to ``create_model`` (``drop_path_rate=0.2``, ``depths=...``).
+    of this segmenter). ``head_channels`` replaces the heads' widths (mmseg's 128 for Semantic FPN, 512 and 256 for
+    UPerNet and its auxiliary head; smaller for quick experiments). ``backbone_kwargs`` go to ``create_model``
+    (``drop_path_rate=0.2``, ``depths=...``).
     """
     backbone = create_model(name, num_classes=0, checkpoint=pretrained, **backbone_kwargs)
-    segmenter = Segmenter(PyramidBackbone(backbone), head, num_classes)
+    segmenter = Segmenter(PyramidBackbone(backbone), head, num_classes, head_channels)
     if checkpoint is not None:
         load_segmenter_weights(segmenter, checkpoint)
     _freeze(segmenter, frozen_stages, frozen_bn)
