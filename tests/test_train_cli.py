@@ -156,7 +156,17 @@ def test_empty_class_stops_with_a_clear_message(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_parse_and_build(path):
-    cfg = TrainConfig.from_dict(load_recipe(path))
+    recipe = load_recipe(path)
+    if recipe.get("task") == "segment":
+        from glocal.engine.segment import SegmentConfig, build_segmenter
+
+        cfg = SegmentConfig.from_dict({**recipe, "data": str(path.parent)})
+        cfg.validate()
+        with torch.device("meta"):
+            model = build_segmenter(cfg, 10)
+        assert model.decode_head.conv_seg.out_channels == 10
+        return
+    cfg = TrainConfig.from_dict(recipe)
     cfg.validate()
     with torch.device("meta"):
         model = create_model(cfg.model, num_classes=10, img_size=cfg.img_size, **cfg.model_kwargs)

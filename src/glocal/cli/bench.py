@@ -38,10 +38,14 @@ def add_parser(sub, name: str) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="registered names or glob patterns ('twins_*')")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--img-size", type=int, default=None, help="square input size (default 224)")
+    size.add_argument("--img-size", type=_sizes, default=None, help="square input size(s) (default 224), e.g. 512,1024")
     size.add_argument("--img-sizes", type=_sizes, default=None, help="comma-separated sizes, e.g. 224,320,448,640")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mode", choices=("infer", "train"), default="infer", help="time inference or a training step")
+    p.add_argument("--task", choices=("classify", "segment"), default="classify",
+                   help="segment: time create_segmenter(MODEL, head=--head) and report its peak memory")  # fmt: skip
+    p.add_argument("--head", choices=("upernet", "semantic_fpn"), default="upernet", help="--task segment's head")
+    p.add_argument("--grad-checkpointing", action="store_true", help="--task segment: recompute blocks in backward")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (or cast, --optimize)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--optimize", action="store_true", help="inference: fold BN, channels-last (glocal.optimize)")
@@ -118,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     names = _resolve(args.models)
-    sizes = args.img_sizes or [args.img_size or 224]
+    sizes = args.img_sizes or args.img_size or [224]
+    if args.task == "segment":
+        return _run_segment(args, names, sizes)
     jobs = [(n, s) for n in names for s in sizes]
     # Off a terminal rich assumes 80 columns, too narrow for the table; files and pipes get the full width.
     stream = sys.stderr if args.json else sys.stdout
@@ -160,4 +166,22 @@ def run(args: argparse.Namespace) -> int:
         for path in (args.csv, args.plot):
             if path:
                 console.print(f"wrote {path}")
+    return 0
+
+
+def _run_segment(args: argparse.Namespace, names: list[str], sizes: list[int]) -> int:
+    from glocal.dense.bench import bench_segmenter
+
+    table = Table("model", "head", "size", "batch", "mode", "ms/batch", "img/s", "peak MiB")
+    for name in names:
+        for size in sizes:
+            r = bench_segmenter(name, size, head=args.head, batch_size=args.batch_size, mode=args.mode,
+                                device=args.device, grad_checkpointing=args.grad_checkpointing,
+                                warmup=args.warmup, runs=args.runs)  # fmt: skip
+            if args.json:
+                print(json.dumps(r.as_dict()), flush=True)
+            table.add_row(name, r.head, str(size), str(r.batch_size), r.mode, f"{r.latency_ms:.0f}",
+                          f"{r.img_per_s:.2f}", f"{r.mem_mib:.0f}")  # fmt: skip
+    if not args.json:
+        Console(width=160).print(table)
     return 0

@@ -24,6 +24,7 @@ def add_parser(sub, name: str) -> None:
         description="Evaluate the model of --checkpoint (rebuilt from it: architecture, classes, input size and "
         "preprocessing as saved) on the val/ split of --data, or on the bundled digits' validation split.",
     )
+    p.add_argument("--task", choices=("classify", "segment"), default="classify", help="segment: mIoU of a segmenter")
     add_checkpoint(p, required=True)
     add_model(p)
     p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
@@ -33,10 +34,14 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate a training state's EMA weights")
     p.add_argument("--confusion", metavar="PNG", help="confusion matrix image (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--eval-mode", choices=("whole", "slide"), help="segmentation inference (default: the run's)")
+    p.add_argument("--overlays", metavar="DIR", help="segmentation colour overlays (default: beside the checkpoint)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "segment":
+        return _run_segment(args)
     ckpt = open_checkpoint(args.checkpoint, ema=args.ema)
     classes = None
     if args.data is not None and ckpt.classes is None:
@@ -89,4 +94,30 @@ def run(args: argparse.Namespace) -> int:
     )
     if dataset.skipped:
         console.print(f"[yellow]skipped {len(dataset.skipped)} unreadable file(s)[/]")
+    return 0
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from glocal.engine.segment import evaluate_segment_checkpoint
+
+    if args.data is None:
+        raise ValueError("--task segment needs --data DIR (ADE20K or VOC layout, with classes.txt)")
+    overlays = Path(args.overlays) if args.overlays else Path(args.checkpoint).parent / "overlays"
+    cfg, metrics = evaluate_segment_checkpoint(
+        args.checkpoint, args.data, split=args.split, eval_mode=args.eval_mode, ema=args.ema, overlay_dir=overlays
+    )
+    if args.json:
+        per_class = dict(zip(metrics.classes, metrics.iou, strict=True))
+        print(json.dumps(metrics.summary() | {"per_class_iou": per_class, "overlays": str(overlays)}))
+        return 0
+    table = Table(title=f"{cfg.model} + {cfg.head} on {args.data} ({args.split}, {cfg.eval_mode})")
+    for col in ("class", "IoU", "Acc"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, iou, acc in zip(metrics.classes, metrics.iou, metrics.acc, strict=True):
+        table.add_row(name, f"{iou:.2f}", f"{acc:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"[bold]mIoU {metrics.miou:.2f}%[/]  mAcc {metrics.macc:.2f}%  aAcc {metrics.aacc:.2f}%\noverlays: {overlays}"
+    )
     return 0

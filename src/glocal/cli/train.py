@@ -25,7 +25,7 @@ from glocal.engine.progress import Callback
 _FIELDS = (
     "model", "data", "epochs", "batch_size", "img_size", "output", "checkpoint", "max_steps", "lr", "lr_base_size",
     "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "clip_grad",
-    "ema_decay", "amp", "device", "workers", "threads", "seed",
+    "ema_decay", "amp", "device", "workers", "threads", "seed", "task", "head",
 )  # fmt: skip
 
 
@@ -38,6 +38,8 @@ def add_parser(sub, name: str) -> None:
         "Writes last.pt (resumable training state), model/ (the final weights, live or EMA, whichever validates "
         "better), best/ (the best epoch), log.jsonl, curves.png and config.yaml to --output.",
     )
+    p.add_argument("--task", choices=("classify", "segment"), help="segment: a segmenter on --data (ADE20K/VOC)")
+    p.add_argument("--head", choices=("upernet", "semantic_fpn"), help="segmentation head (--task segment)")
     p.add_argument("-c", "--config", metavar="RECIPE.yaml", help="training recipe (see configs/)")
     add_model(p, what="registered model name (see `glocal list`); optional with --checkpoint, which knows its own")
     p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
@@ -59,7 +61,7 @@ def add_parser(sub, name: str) -> None:
     )
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help=_default("optimizer"))
     p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
-    p.add_argument("--schedule", choices=("cosine", "step", "constant"), help=_default("schedule"))
+    p.add_argument("--schedule", choices=("cosine", "step", "poly", "constant"), help=_default("schedule"))
     p.add_argument("--warmup-epochs", type=float, help=_default("warmup_epochs"))
     p.add_argument("--label-smoothing", type=float, help=_default("label_smoothing"))
     p.add_argument("--mixup", type=float, metavar="ALPHA", help=_default("mixup"))
@@ -124,6 +126,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         values["resume"] = True
     if args.drop_path is not None:
         values["model_kwargs"] = {**values.get("model_kwargs", {}), "drop_path_rate": args.drop_path}
+    if values.get("task", "classify") == "segment":
+        from glocal.engine.segment import SegmentConfig
+
+        return SegmentConfig.from_dict(values)
+    values.pop("task", None)
     return TrainConfig.from_dict(values)
 
 
@@ -171,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     is_main = int(os.environ.get("RANK", "0")) == 0
     callback = _ProgressBar(console) if is_main and not args.quiet else None
+    if getattr(cfg, "task", "classify") == "segment":
+        return _run_segment(cfg, console, is_main)
     result = train(cfg, callback)
     if not is_main:
         return 0
@@ -194,4 +203,19 @@ def run(args: argparse.Namespace) -> int:
         f"curves:     {result.curves}\nconfig:     {result.config}",
         soft_wrap=True,
     )
+    return 0
+
+
+def _run_segment(cfg, console: Console, is_main: bool) -> int:
+    from glocal.engine.segment import train_segment
+
+    result = train_segment(cfg)
+    if is_main and result.val is not None:
+        console.print(
+            f"[bold]validation mIoU {result.val.miou:.2f}%[/] (mAcc {result.val.macc:.2f}%, "
+            f"aAcc {result.val.aacc:.2f}%) after {result.steps} steps in {result.seconds:.0f} s\n"
+            f"checkpoint: {result.checkpoint} "
+            f"(resume with --resume --output {result.output_dir})\nlog:        {result.log}",
+            soft_wrap=True,
+        )
     return 0

@@ -59,7 +59,9 @@ class TrainConfig:
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # 'cosine' | 'step' | 'constant', applied per step after the warmup
+    schedule: str = "cosine"  # 'cosine' | 'step' | 'poly' | 'constant', applied per step after the warmup
+    # 'poly': lr = (lr - min_lr) * (1 - progress) ** poly_power + min_lr (mmseg's PolyLR).
+    poly_power: float = 0.9
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     step_epochs: tuple[int, ...] = (30, 60, 90)
@@ -103,7 +105,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on settings that cannot run."""
-        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "constant")}
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "poly", "constant")}
         choices |= {"amp": ("auto", "none", "bf16", "fp16"), "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -41,16 +41,19 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 def lr_factor(step: int, cfg, steps_per_epoch: int, total_steps: int) -> float:
     """Learning rate at optimiser step ``step`` as a fraction of ``cfg.lr``.
 
-    Linear warmup from 0 over ``warmup_epochs``, then cosine decay to ``min_lr`` at ``total_steps``, steps of
-    ``step_gamma`` at each of ``step_epochs``, or constant. Evaluated per step, so warmup and decay are smooth.
+    Linear warmup from 0 over ``warmup_epochs``, then cosine or polynomial (``poly_power``, mmseg's PolyLR) decay to
+    ``min_lr`` at ``total_steps``, steps of ``step_gamma`` at each of ``step_epochs``, or constant. Evaluated per
+    step, so warmup and decay are smooth.
     """
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / (warmup + 1)
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     if cfg.schedule == "cosine":
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "poly":
+        return floor + (1 - floor) * (1 - progress) ** cfg.poly_power
     if cfg.schedule == "step":
         epoch = step // steps_per_epoch
         return cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)

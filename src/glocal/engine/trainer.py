@@ -14,10 +14,12 @@ the same augmentation draw, and DDP averages the gradients; with BatchNorm each 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,22 +219,32 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
     beside ``log.jsonl`` however the run ends."""
     cfg.validate()
     callback = callback or Callback()
+    with process_settings(cfg) as (cfg, info):
+        start, run = time.perf_counter(), None
+        try:
+            run = _set_up(cfg, info)
+            while run.epoch < cfg.epochs and (cfg.max_steps is None or run.global_step < cfg.max_steps):
+                sums, seconds = _train_epoch(run, callback)
+                callback.on_epoch_end(_evaluate_and_checkpoint(run, sums, seconds))
+            return _finish(run, start)
+        finally:
+            if run is not None and info.is_main:
+                _write_curves(run)
+                if run.writer is not None:
+                    run.writer.close()
+
+
+@contextlib.contextmanager
+def process_settings(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, distributed.DistInfo]]:
+    """Join the process group, flush denormals on CPU, fill in workers and threads; yields the completed config and
+    the process's place. Restores the thread count and leaves the process group on exit."""
     info = distributed.setup(cfg.device)
     cfg = _cpu_settings(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    start, run = time.perf_counter(), None
     try:
-        run = _set_up(cfg, info)
-        while run.epoch < cfg.epochs and (cfg.max_steps is None or run.global_step < cfg.max_steps):
-            sums, seconds = _train_epoch(run, callback)
-            callback.on_epoch_end(_evaluate_and_checkpoint(run, sums, seconds))
-        return _finish(run, start)
+        yield cfg, info
     finally:
-        if run is not None and info.is_main:
-            _write_curves(run)
-            if run.writer is not None:
-                run.writer.close()
         torch.set_num_threads(threads)
         distributed.cleanup(info)
 
