@@ -177,7 +177,7 @@ def test_query_independence_zero_for_pooling_positive_for_trained_nl(trained_nl)
     model, images = trained_nl
     table = query_independence_table(model, [images])
     assert [row["kind"] for row in table["layers"]] == ["nl", "nl"]
-    assert all(row["query_independence"] > 1e-3 for row in table["layers"])
+    assert all(row["query_independence"] > 1e-4 for row in table["layers"])  # pooling kinds: exactly 0
     assert [(s["stride"], s["kind"], s["layers"]) for s in table["stages"]] == [(16, "nl", 2)]
     pooled = perturb_(glocal.create_model("snlresnet50", depths=(1, 1, 2, 1))).eval()
     table = query_independence_table(pooled, [images])

@@ -80,9 +80,10 @@ def test_non_finite_input_is_refused(resnet, value):
 def test_a_batch_of_one_in_training_mode_with_batch_norm(resnet):
     resnet.train()
     try:
-        with pytest.raises(ValueError, match="BatchNorm layers in training mode.*batch of 1"):
+        with pytest.raises(ValueError, match="BatchNorm layers in training mode.*at batch 1 and 32x32 its last"):
             resnet(torch.randn(1, 3, 32, 32))
         assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+        assert resnet(torch.randn(1, 3, 64, 64)).shape == (1, 3)  # a 2x2 last map: statistics over 4 positions
     finally:
         resnet.eval()
     assert resnet(torch.randn(1, 3, 32, 32)).shape == (1, 3)  # eval mode: running statistics

@@ -150,7 +150,8 @@ def check_input_tensor(model: nn.Module, x: Any) -> torch.Tensor:
     * another floating dtype than the model's parameters (float64, float16, bfloat16 into float32): converted to the
       model's dtype, with a warning once per call site;
     * NaN or infinite values: ``ValueError`` (they would only come back as NaN logits);
-    * a batch of 1 in training mode for a model with BatchNorm in training mode: ``ValueError``;
+    * a batch of 1 in training mode, with BatchNorm in training mode, at a size whose last map is 1x1 (where
+      torch's BatchNorm would fail with one value per channel): ``ValueError``;
     * a batch whose largest feature map alone would not fit in the memory available: ``ValueError`` up front.
     """
     name = type(model).__name__
@@ -171,16 +172,32 @@ def check_input_tensor(model: nn.Module, x: Any) -> torch.Tensor:
             stacklevel=4,
         )
         x = x.to(param.dtype)
-    if model.training and x.ndim and x.shape[0] == 1 and _batch_norm_in_training(model):
+    if (
+        model.training
+        and x.ndim == 4
+        and x.shape[0] == 1
+        and _single_value_maps(model, x)
+        and _batch_norm_in_training(model)
+    ):
         raise ValueError(
-            f"{name} has BatchNorm layers in training mode, which take their statistics over the batch and need at "
-            f"least 2 images, got a batch of 1; use a larger batch, model.eval(), or freeze the BatchNorm layers"
+            f"{name} has BatchNorm layers in training mode, which take their statistics over the batch and its "
+            f"positions; at batch 1 and {x.shape[-2]}x{x.shape[-1]} its last feature map is 1x1, one value per "
+            f"channel. Use a batch of 2 or more, a larger image, model.eval(), or freeze the BatchNorm layers"
         )
     _check_activation_memory(model, x)
     if x.numel() and x.device.type != "meta" and not torch.isfinite(x).all():  # meta: shapes only (FLOP counts)
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} got an input with {bad} NaN or infinite value(s) of {x.numel()}; check the images")
     return x
+
+
+def _single_value_maps(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's coarsest tapped map is 1x1 at the size of ``x`` (where torch's BatchNorm fails)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return False
+    reduction = max(tap.reduction for tap in info)
+    return math.ceil(x.shape[-2] / reduction) * math.ceil(x.shape[-1] / reduction) == 1
 
 
 def _batch_norm_in_training(model: nn.Module) -> bool:
