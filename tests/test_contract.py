@@ -72,12 +72,14 @@ def test_pyramid_channels_reductions_and_last_map(model_name):
     h, w = small_size(model)
     x = torch.randn(1, 3, h, w)
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
+        final, maps = model.forward_intermediates(x)
         last = model.forward_features(x)
-    assert len(maps) == len(model.feature_info)
-    for fmap, info in zip(maps, model.feature_info, strict=True):
-        assert fmap.shape[:2] == (1, info.num_chs)
-        assert fmap.shape[2:] == (h // info.reduction, w // info.reduction)
+    torch.testing.assert_close(final, last)
+    info = model.feature_info
+    assert len(maps) == len(info) == len(info.channels())
+    for fmap, chs, red in zip(maps, info.channels(), info.reduction(), strict=True):
+        assert fmap.shape[:2] == (1, chs)
+        assert fmap.shape[2:] == (h // red, w // red)
     if last.ndim == 4:
         torch.testing.assert_close(maps[-1], last)
 
@@ -89,7 +91,7 @@ def test_features_only_keeps_only_used_parameters(model_name):
     torch.manual_seed(0)
     pyramid = perturb_(build(model_name, features_only=True, out_indices=(0, 1)))
     assert pyramid.out_indices == [0, 1]
-    assert [f.num_chs for f in pyramid.feature_info] == [f.num_chs for f in full.feature_info[:2]]
+    assert pyramid.feature_info.channels() == full.feature_info.channels([0, 1])
     h, w = small_size(full)
     maps = pyramid(torch.randn(1, 3, h, w))
     assert len(maps) == 2 and all(m.ndim == 4 for m in maps)

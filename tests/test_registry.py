@@ -41,4 +41,4 @@ def test_out_indices_requires_features_only():
 
 def test_bad_out_indices():
     with pytest.raises(ValueError, match="out of range"):
-        glocal.create_model("resnet50", features_only=True, out_indices=(4,))
+        glocal.create_model("resnet50", features_only=True, out_indices=(5,))

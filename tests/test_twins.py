@@ -213,17 +213,18 @@ def test_pyramid_is_nchw_at_4_8_16_32_and_head_is_norm_then_mean():
     model = tiny()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
-        normed = model.forward_intermediates(x, indices=[-1], norm=True)[0]
+        final, maps = model.forward_intermediates(x)
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0]
         logits = model(x)
         tokens = model.norm(maps[-1].flatten(2).transpose(1, 2))  # (B, N, C4)
     assert [tuple(m.shape) for m in maps] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 128, 2, 3)]
-    assert [f.reduction for f in model.feature_info] == [4, 8, 16, 32]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    torch.testing.assert_close(final, maps[-1])
     torch.testing.assert_close(normed, tokens.transpose(1, 2).reshape(2, 128, 2, 3))
     torch.testing.assert_close(logits, model.head(tokens.mean(1)))
 
     pyramid = glocal.create_model("twins_svt_small", **TINY_SVT, features_only=True, out_indices=(1, 2))
-    assert pyramid.channels == [32, 64] and pyramid.reductions == [8, 16]
+    assert pyramid.feature_info.channels() == [32, 64] and pyramid.feature_info.reduction() == [8, 16]
     assert len(pyramid.backbone.blocks) == 3 and isinstance(pyramid.backbone.head, torch.nn.Identity)
     assert [tuple(m.shape) for m in pyramid(torch.randn(1, 3, 96, 64))] == [(1, 32, 12, 8), (1, 64, 6, 4)]
     # Normed taps keep the final norm only where the last stage is tapped (it normalises nothing else).

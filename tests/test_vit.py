@@ -114,15 +114,15 @@ def test_default_taps_are_four_evenly_spaced_blocks():
     assert even_feature_blocks(24) == (5, 11, 17, 23)
     assert even_feature_blocks(3) == (0, 1, 2)
     model = _meta("vit_large_patch16_224")
-    assert [f.module for f in model.feature_info] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
-    assert {(f.num_chs, f.reduction) for f in model.feature_info} == {(1024, 16)}
+    assert model.feature_info.module_name() == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
+    assert set(zip(model.feature_info.channels(), model.feature_info.reduction(), strict=True)) == {(1024, 16)}
 
 
 def test_last_normed_tap_equals_forward_features_patch_tokens():
     model = _tiny()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x, norm=True)
+        maps = model.forward_intermediates(x, norm=True, intermediates_only=True)
         tokens = model.forward_features(x)
     assert [m.shape for m in maps] == [(1, 32, 4, 6)] * 3
     torch.testing.assert_close(maps[-1], tokens[:, 1:].transpose(1, 2).reshape(1, 32, 4, 6))
@@ -130,16 +130,15 @@ def test_last_normed_tap_equals_forward_features_patch_tokens():
 
 def test_chosen_feature_blocks_and_pruning():
     model = _tiny(feature_blocks=(0, 2))
-    assert [f.module for f in model.feature_info] == ["blocks.0", "blocks.2"]
+    assert model.feature_info.module_name() == ["blocks.0", "blocks.2"]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        first = model.forward_intermediates(x, [0], norm=True)[0]
-        assert model.prune_intermediate_layers([0], prune_norm=False) == [0]
+        first = model.forward_intermediates(x, [0], norm=True, intermediates_only=True)[0]
+        assert model.prune_intermediate_layers([0]) == [0]
         assert len(model.blocks) == 1 and isinstance(model.head, torch.nn.Identity)
-        torch.testing.assert_close(model.forward_intermediates(x, [0], norm=True)[0], first)
-        model.prune_intermediate_layers([0])
-        with pytest.raises(ValueError, match="pruned"):
-            model.forward_intermediates(x, [0], norm=True)
+        torch.testing.assert_close(model.forward_intermediates(x, [0], norm=True, intermediates_only=True)[0], first)
+        model.prune_intermediate_layers([0], prune_norm=True)
+        assert isinstance(model.norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="feature_blocks"):
         glocal.create_model("vit_tiny_patch16_224", feature_blocks=(5, 2))
 

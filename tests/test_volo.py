@@ -164,12 +164,12 @@ def test_pyramid_and_pruning():
     model = tiny().eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
-        normed = model.forward_intermediates(x, indices=[-1], norm=True)
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
     assert [tuple(m.shape) for m in maps] == [(1, 64, 8, 12)] + [(1, 96, 4, 6)] * 3
     assert normed[0].shape == (1, 96, 4, 6)
     pyramid = glocal.create_model("volo_d1_224", **TINY, features_only=True, out_indices=(0,))
     assert pyramid.backbone.pos_embed is None and len(pyramid.backbone.network) == 1
     assert [tuple(m.shape) for m in pyramid(x)] == [(1, 64, 8, 12)]
     normed = FeaturePyramid(tiny(), out_indices=(-1,), norm=True)
-    assert normed.backbone.norm is not None and normed(x)[0].shape == (1, 96, 4, 6)
+    assert isinstance(normed.backbone.norm, torch.nn.LayerNorm) and normed(x)[0].shape == (1, 96, 4, 6)

@@ -57,7 +57,7 @@ def summarize(name: str, *, forward: bool = False) -> ModelSummary:
         paper_gmacs=entry.paper.gmacs,
         top1=entry.paper.top1,
         input_size=entry.input_size,
-        taps=[(f.num_chs, f.reduction) for f in meta_model.feature_info],
+        taps=list(zip(meta_model.feature_info.channels(), meta_model.feature_info.reduction(), strict=True)),
         config=dataclasses.asdict(meta_model.cfg),
         source=entry.paper.source,
     )

@@ -43,7 +43,7 @@ from glocal.layers.bot import MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
 from glocal.layers.rel_pos import resample_table
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["BLOCK_ATTN_DEFAULTS", "Bottleneck", "ResNet", "ResNetConfig"]
@@ -267,7 +267,8 @@ class ResNet(Backbone):
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         in_chs, reduction = cfg.stem_width, 4
-        self.feature_info = []
+        # timm's taps: the stem's activation (stride 2), then c2..c5.
+        taps = [tap(cfg.stem_width, 2, "relu")]
         for index, (depth, width) in enumerate(zip(cfg.depths, cfg.widths, strict=True)):
             stage = index + 2
             stride = 1 if index == 0 else 2
@@ -298,7 +299,8 @@ class ResNet(Backbone):
                 in_chs = width * Bottleneck.expansion
             reduction *= stride
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(FeatureInfo(num_chs=in_chs, reduction=reduction, module=f"layer{index + 1}"))
+            taps.append(tap(in_chs, reduction, f"layer{index + 1}"))
+        self.feature_info = FeatureInfo(taps)
 
         self.num_features = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -338,27 +340,22 @@ class ResNet(Backbone):
         x = self.drop(self.global_pool(x).flatten(1))  # (B, num_features)
         return x if pre_logits else self.fc(x)
 
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        x = self.stem(x)
-        out = []
-        for i, stage in enumerate(self.stages[: taps[-1] + 1]):
+    def _intermediates(self, x, taps, *, norm, stop_early):
+        """Taps: 0 the stem's activation (B, 64, H/2, W/2), 1..4 the stages c2..c5; ``norm`` has nothing to apply."""
+        x = self.relu(self.bn1(self.conv1(self.prepare_input(x))))  # (B, 64, H/2, W/2)
+        maps = [x] if 0 in taps else []
+        last = taps[-1] if stop_early else len(self.feature_info) - 1
+        if last > 0:
+            x = self.maxpool(x)  # (B, 64, H/4, W/4)
+        for i, stage in enumerate(self.stages[:last], start=1):
             x = stage(x)
             if i in taps:
-                out.append(x)
-        return out
+                maps.append(x)
+        return x, maps
 
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        for i in range(taps[-1] + 1, 4):
-            delattr(self, f"layer{i + 1}")
-        self.fc = nn.Identity()
-        self.global_pool = nn.Identity()
-        return taps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = self._make_head(num_classes)
+    def _prune_after(self, last_tap: int) -> None:
+        for i in range(last_tap + 1, 5):
+            delattr(self, f"layer{i}")
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample BoTNet relative-position tables saved for another input size to this model's tables."""

@@ -60,7 +60,7 @@ from glocal.layers.drop import drop_path_rates
 from glocal.layers.linear import Linear
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
 from glocal.registry import PaperFigures, register_model
 
 __all__ = [
@@ -242,6 +242,7 @@ class Twins(Backbone):
 
     first_conv = "patch_embeds.0.proj"
     classifier = ("head",)
+    final_norm = "norm"
 
     def __init__(
         self,
@@ -276,7 +277,7 @@ class Twins(Backbone):
         self.patch_embeds = nn.ModuleList()
         self.blocks = nn.ModuleList()
         self.pos_block = nn.ModuleList()
-        self.feature_info = []
+        taps = []
         in_chs = in_chans
         rates = drop_path_rates(drop_path_rate, cfg.depths)
         for i, dim in enumerate(cfg.embed_dims):
@@ -314,8 +315,9 @@ class Twins(Backbone):
                 )
             self.blocks.append(nn.ModuleList(stage))
             self.pos_block.append(PosConv(dim))
-            self.feature_info.append(FeatureInfo(num_chs=dim, reduction=reductions[i], module=f"blocks.{i}"))
+            taps.append(tap(dim, reductions[i], f"blocks.{i}"))
             in_chs = dim
+        self.feature_info = FeatureInfo(taps)
         self.pos_drop = nn.Dropout(drop_rate)
 
         self.num_features = cfg.embed_dims[-1]
@@ -344,41 +346,31 @@ class Twins(Backbone):
         x = self.norm(x.flatten(2).transpose(1, 2)).mean(dim=1)  # (B, num_features)
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, norm: bool = False
-    ) -> list[torch.Tensor]:
-        taps = resolve_indices(indices, len(self.feature_info))
+    def _intermediates(self, x, taps, *, norm, stop_early):
+        """The stage maps; ``norm=True`` applies the final LayerNorm to the last stage's (the only one it fits)."""
         x = self.prepare_input(x)
-        out = []
-        for i in range(taps[-1] + 1):
+        last = taps[-1] if stop_early else len(self.blocks) - 1
+        maps = []
+        for i in range(last + 1):
             x = self._stage(i, x)
             if i in taps:
                 if norm and i == len(self.feature_info) - 1:
                     B, C, H, W = x.shape
-                    x_out = self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
-                    out.append(x_out)  # (B, C4, H/32, W/32)
+                    maps.append(self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W))
                 else:
-                    out.append(x)
-        return out
+                    maps.append(x)
+        return x, maps  # x: (B, C_last, H_last, W_last)
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] | tuple[int, ...] | None = None, *, prune_norm: bool = True
-    ) -> list[int]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        keep = taps[-1] + 1
+    def _prune_after(self, last_tap: int) -> None:
+        keep = last_tap + 1
         self.patch_embeds = self.patch_embeds[:keep]
         self.blocks = self.blocks[:keep]
         self.pos_block = self.pos_block[:keep]
-        # The final norm only ever applies to the last stage's map.
-        if prune_norm or keep < len(self.feature_info):
-            self.norm = nn.Identity()
-        self.head = nn.Identity()
-        return taps
+        if keep < len(self.feature_info):
+            self.norm = nn.Identity()  # the final norm only ever applies to the last stage's map
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-        self.head.apply(_init_weights)
+    def _init_head(self, module: nn.Module) -> None:
+        _init_weights(module)
 
     def no_weight_decay(self) -> set[str]:
         # The official code exempts the PEG convs from weight decay.

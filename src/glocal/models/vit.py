@@ -43,7 +43,7 @@ from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.pos_embed import resample_tokens
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["PlainTransformer", "ViTConfig", "VisionTransformer", "even_feature_blocks"]
@@ -68,6 +68,8 @@ class PlainTransformer(Backbone):
 
     global_pool: str
     feature_blocks: tuple[int, ...]
+    final_norm = "norm"
+    default_out_indices = 3  # timm's plain transformers: the last three taps
     # One patchifying conv (ViT) or unfold (T2T) before the tokens: the channels-last image gains nothing there.
     memory_format = torch.contiguous_format
 
@@ -133,9 +135,7 @@ class PlainTransformer(Backbone):
         )
         self.norm = norm_layer(embed_dim)
         self.head = self._make_head(num_classes)
-        self.feature_info = [
-            FeatureInfo(num_chs=embed_dim, reduction=self.input_divisor, module=f"blocks.{b}") for b in feature_blocks
-        ]
+        self.feature_info = FeatureInfo([tap(embed_dim, self.input_divisor, f"blocks.{b}") for b in feature_blocks])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed tokens (B, 1 + H/16 * W/16, C), the class token first."""
@@ -148,46 +148,41 @@ class PlainTransformer(Backbone):
         x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # (B, C)
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
-        """The patch tokens after the chosen taps' blocks as (B, C, h, w) maps, reshaped by the real grid."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        if norm and self.norm is None:
-            raise ValueError("the final norm was pruned; prune with prune_norm=False to tap normed features")
+    def _intermediates(self, x, taps, *, norm, stop_early):
+        """The patch tokens after the chosen taps' blocks as (B, C, h, w) maps, reshaped by the real grid; ``final``
+        is the normed token sequence (B, 1 + h*w, C) after the last block run."""
         tap_blocks = [self.feature_blocks[i] for i in taps]
+        last = tap_blocks[-1] if stop_early else len(self.blocks) - 1
         x, (h, w) = self.embed(x)
-        out = []
-        for i, block in enumerate(self.blocks[: tap_blocks[-1] + 1]):
+        maps = []
+        for i, block in enumerate(self.blocks[: last + 1]):
             x = block(x)
             if i in tap_blocks:
                 y = self.norm(x) if norm else x
                 B, _, C = y.shape
-                out.append(y[:, 1:].transpose(1, 2).reshape(B, C, h, w))  # (B, C, h, w)
-        return out
+                maps.append(y[:, 1:].transpose(1, 2).reshape(B, C, h, w))  # (B, C, h, w)
+        return self.norm(x), maps
 
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        """Drop the blocks after the last tap and the head; the final norm too unless ``prune_norm=False``
-        (keep it for ``forward_intermediates(norm=True)``)."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        self.blocks = self.blocks[: self.feature_blocks[taps[-1]] + 1]
-        if prune_norm:
-            self.norm = None
-        self.head = nn.Identity()
-        return taps
+    def _prune_after(self, last_tap: int) -> None:
+        self.blocks = self.blocks[: self.feature_blocks[last_tap] + 1]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
+    def _init_head(self, module: nn.Module) -> None:
+        _init_linear(module)
 
     def _init_linear_and_norm(self) -> None:
         """timm's ViT init: truncated normal 0.02 for every linear weight, zero biases, unit LayerNorms."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            _init_linear(m)
+            if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 @dataclass(frozen=True)

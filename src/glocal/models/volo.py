@@ -63,7 +63,7 @@ from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.pos_embed import resample_grid
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["ClassAttention", "ClassBlock", "OutlookAttention", "Volo", "VoloConfig"]
@@ -271,6 +271,8 @@ class Volo(Backbone):
 
     first_conv = "patch_embed.conv.0"
     classifier = ("head", "aux_head")
+    final_norm = "norm"
+    default_out_indices = 3  # timm's VOLO: the last three taps (the transformer groups)
     input_divisor = 16
     # network index of each pyramid tap: the outlookers, then the three transformer groups (network.1 is merging).
     _TAP_MODULES = (0, 2, 3, 4)
@@ -348,10 +350,9 @@ class Volo(Backbone):
         self.head = self._make_head(num_classes)
         self.aux_head = self._make_head(num_classes)
 
-        self.feature_info = [
-            FeatureInfo(num_chs=outlook_dim, reduction=8, module="network.0"),
-            *(FeatureInfo(num_chs=dim, reduction=16, module=f"network.{i}") for i in self._TAP_MODULES[1:]),
-        ]
+        self.feature_info = FeatureInfo(
+            [tap(outlook_dim, 8, "network.0"), *(tap(dim, 16, f"network.{i}") for i in self._TAP_MODULES[1:])]
+        )
         self.data_config = DataConfig(
             input_size=(in_chans, *img_size), crop_pct=cfg.crop_pct, interpolation="bicubic", dynamic_size=True
         )
@@ -369,9 +370,10 @@ class Volo(Backbone):
         return self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/8, W/8, C1)
 
     def _network(
-        self, x: torch.Tensor, taps: tuple[int, ...] = (), norm: bool = False
+        self, x: torch.Tensor, taps: tuple[int, ...] = (), norm: bool = False, stop_early: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stem tokens (B, H/8, W/8, C1) -> the last group's tokens (B, N, C) and the NCHW maps at ``taps``."""
+        """Stem tokens (B, H/8, W/8, C1) -> the last group's tokens (B, N, C) and the NCHW maps at ``taps``
+        (``stop_early``: the tokens of the last tapped group)."""
         tap_modules = [self._TAP_MODULES[i] for i in taps]
         maps = []
         for idx, module in enumerate(self.network):
@@ -385,7 +387,7 @@ class Volo(Backbone):
                 else:
                     tokens = self.norm(x) if norm else x
                     maps.append(tokens.unflatten(1, grid).permute(0, 3, 1, 2))  # (B, C, H/16, W/16)
-                if idx == tap_modules[-1]:
+                if stop_early and idx == tap_modules[-1]:
                     break
         return x, maps
 
@@ -439,40 +441,32 @@ class Volo(Backbone):
             aux = aux.flatten(1, 2)  # (B, N, classes)
         return cls_logits, aux, box
 
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
+    def _intermediates(self, x, taps, *, norm, stop_early):
         """NCHW maps: the outlooker stage (B, C1, H/8, W/8), then each transformer group (B, C, H/16, W/16).
 
         ``norm=True`` applies the final LayerNorm to the transformer groups' tokens (the outlooker map has another
-        width and is returned as is); a pruned model has no final norm.
-        """
-        taps = resolve_indices(indices, len(self.feature_info))
-        if norm and self.norm is None:
-            raise ValueError("the final norm was pruned; forward_intermediates(norm=True) needs the full model")
-        return self._network(self._stem(x), tuple(taps), norm)[1]
+        width and is returned as is). ``final`` is ``forward_features``' normed tokens; when stopped early (or once
+        the class attention is pruned) the tokens of the last group run, (B, N, C), or the outlooker stage's
+        (B, H/8, W/8, C1)."""
+        x, maps = self._network(self._stem(x), tuple(taps), norm, stop_early)
+        if not stop_early and self.cls_token is not None:
+            x = self._class_tokens(x)
+        return x, maps
 
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        """Drop the groups after the last tap, the class token, class attention and both heads (and the position
-        embedding when only the outlooker stage is tapped); the final norm too unless ``prune_norm=False`` keeps it
-        for ``forward_intermediates(norm=True)``."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        last = self._TAP_MODULES[taps[-1]]
+    def _prune_after(self, last_tap: int) -> None:
+        last = self._TAP_MODULES[last_tap]
         self.network = self.network[: last + 1]
         if last < 2:
             self.pos_embed = None
+
+    def _prune_head(self) -> None:
+        """The class token, class attention and both heads: nothing a tap uses."""
         self.cls_token = None
         self.post_network = nn.ModuleList()
-        if prune_norm:
-            self.norm = None
-        self.head = nn.Identity()
-        self.aux_head = nn.Identity()
-        return taps
+        super()._prune_head()
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-        self.aux_head = self._make_head(num_classes)
-        self.head.apply(_init_linear)
-        self.aux_head.apply(_init_linear)
+    def _init_head(self, module: nn.Module) -> None:
+        _init_linear(module)
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a checkpoint's 4-D ``pos_embed`` (1, h0, w0, C) to this model's grid (bicubic)."""
