@@ -23,12 +23,12 @@ gives the orders):
   ``2 (N / r^2) C^2`` (kv), plus attention ``2 N (N / r^2) C``, i.e. O(H^2 W^2 d / (k1 k2)) with k1 k2 = r^2 in the
   paper: quadratic in N at a fixed ratio. With r = 1 (no sub-sampling) it is global attention, ``2 N^2 C``.
 
-Input sizes: heights and widths must be multiples of :attr:`Twins.input_divisor`, the least common multiple of every
-stage's total stride times its sub-sampling ratio (32 for all six variants: 4x8, 8x4, 16x2, 32x1), so that every patch
-embedding and every GSA sub-sampling conv tiles the map exactly; the smallest accepted size is that divisor (32 x 32, a
-single token at stride 32 and a single sub-sampled key in every GSA). LSA pads a map that is not a multiple of its
-window and masks the padded keys, so the output at every real position equals attention over the real tokens of its
-window only.
+Input sizes: any height and width of at least :attr:`Twins.min_input_size` (32 for all six variants), square or
+not, as the official code: every patch embedding and every GSA sub-sampling conv floors (200 x 264 gives stage maps
+50 x 66, 25 x 33, 12 x 16 and 6 x 8, and 6 x 8 keys in every GSA), and LSA pads and masks where its window does not
+divide the map. The minimum is the smallest side whose floored stage maps still cover every GSA's r x r sub-sampling
+conv (stage 1: H/4 >= 8) and leave stage 4 one token; below it the official code fails inside a conv, glocal raises
+a ``ValueError``. ``tests/test_twins.py`` checks logits against the official code at 200 x 264 and 224 x 224.
 
 Deliberate deviations from the official code:
 
@@ -135,8 +135,9 @@ class GlobalSubsampledAttention(nn.Module):
     Tokens (B, H*W, C) with their grid size (H, W) -> (B, H*W, C). Queries stay at full resolution. With
     ``sr_ratio > 1`` the map is reduced by a ``sr_ratio`` x ``sr_ratio`` conv of the same stride followed by its own
     LayerNorm (default eps 1e-5, as in the official code); with ``sr_ratio == 1`` neither module exists and this is
-    plain global attention (separate ``q`` and ``kv`` projections keep the official parameter names). H and W must be
-    multiples of ``sr_ratio`` (the model's ``check_input`` guarantees it).
+    plain global attention (separate ``q`` and ``kv`` projections keep the official parameter names). The conv floors
+    as in the official code: a map that is not a multiple of ``sr_ratio`` loses its last rows and columns for the
+    keys only; it must be at least ``sr_ratio`` on each side (the model's ``check_input`` guarantees it).
     """
 
     def __init__(
@@ -232,6 +233,12 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _min_side(cfg: TwinsConfig) -> int:
+    """The smallest image side whose floored stage maps (side // reduction_i) are at least every GSA's sub-sampling
+    ratio and 1 at the last stage: max_i(sr_i * reduction_i)."""
+    return max(max(sr, 1) * cfg.patch_size * 2**i for i, sr in enumerate(cfg.sr_ratios))
+
+
 class Twins(Backbone):
     """Twins-PCPVT / Twins-SVT: four stages of conv patch embedding, transformer blocks and a PEG.
 
@@ -270,9 +277,7 @@ class Twins(Backbone):
         img_size = to_2tuple(img_size)
 
         reductions = [cfg.patch_size * 2**i for i in range(num_stages)]
-        # Every patch embedding and every GSA sub-sampling conv must tile its map exactly.
-        self.input_divisor = math.lcm(*(r * s for r, s in zip(reductions, cfg.sr_ratios, strict=True)))
-        self.min_input_size = self.input_divisor
+        self.min_input_size = _min_side(cfg)
 
         self.patch_embeds = nn.ModuleList()
         self.blocks = nn.ModuleList()
