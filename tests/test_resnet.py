@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import GlobalContext, MHSA2d, NonLocal2d, RelPosLogits, gc_block, se_block, snl_block
-from glocal.models.resnet import Bottleneck, CeilMaxPool
+from glocal.models.resnet import Bottleneck, CeilAvgPool2x2, CeilMaxPool
 from tests.conftest import perturb_
 
 
@@ -203,12 +203,21 @@ def test_senet_layout_stride_on_first_1x1_and_ceil_pool():
     assert tv.layer2[0].conv1.stride == (1, 1) and tv.layer2[0].conv2.stride == (2, 2)
 
 
+@pytest.mark.parametrize("size", [(14, 14), (13, 20), (7, 9)])
+def test_botnet_pool_rounds_up_like_its_shortcut(size):
+    x = torch.randn(2, 8, *size)
+    expected = torch.nn.AvgPool2d(2, 2, ceil_mode=True)(x)  # partial windows divided by their in-bounds count
+    torch.testing.assert_close(CeilAvgPool2x2()(x), expected)
+    shortcut = torch.nn.Conv2d(8, 8, 1, stride=2)(x)
+    assert expected.shape == shortcut.shape
+
+
 def test_botnet_structure():
     model = _meta("botnet50")
     mhsa = [m for m in model.modules() if isinstance(m, MHSA2d)]
     assert len(mhsa) == 3 and all(m.num_heads == 4 and m.head_dim == 128 for m in mhsa)
     assert mhsa[0].rel_pos.height.shape == (27, 128) and mhsa[1].rel_pos.width.shape == (13, 128)
-    assert isinstance(model.layer4[0].pool, torch.nn.AvgPool2d)
+    assert isinstance(model.layer4[0].pool, CeilAvgPool2x2)
     assert model.layer4[0].downsample[0].stride == (2, 2)
     assert all(not isinstance(m, MHSA2d) for m in model.layer3.modules())
     # At 1024 the first c5 block's tables cover 64x64 (127 rows), the others 32x32 (63 rows).

@@ -92,3 +92,20 @@ def test_pruned_model_returns_the_same_taps(model_name):
     assert taps == [0, 1] and model.num_classes == 0
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet50", "seresnet50", "botnet50", "twins_pcpvt_small", "twins_svt_small", "vit_tiny_patch16_224",
+             "t2t_vit_7", "volo_d1_224",
+             # Full softmax attention over 200 x 333 tokens in the first T2T layer: 40 s here.
+             pytest.param("t2t_vit_t_14", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_detection_input_sizes_run_and_follow_the_stated_rule(name):
+    # 800 x 1333 and 600 x 1000 are not multiples of 32; every family takes them (rules in the family docstrings).
+    model = build(name, **({"depth": 2} if name.startswith(("vit", "t2t")) else {})).eval()
+    with torch.no_grad():
+        for size in [(800, 1333), (model.min_input_size, model.min_input_size + 1)]:
+            maps = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+            assert all(torch.isfinite(m).all() and min(m.shape[2:]) >= 1 for m in maps)
+        with pytest.raises(ValueError, match=f"at least {model.min_input_size}"):
+            model(torch.randn(1, 3, model.min_input_size - 1, 64))

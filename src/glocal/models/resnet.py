@@ -24,6 +24,8 @@ Deliberate deviations:
   linearly resampled over relative offsets when a forward pass sees another size; the gist supports one fixed size.
 * The simplified NL block's transform starts at zero (identity block), following GC's last-zero init; the paper
   gives no initialisation for it.
+* BoTNet's strided MHSA block pools 2x2 rounding up (the official gist's ``AvgPool2D`` at odd maps would not
+  match its shortcut), so any input size works; at even stride-16 maps (every multiple of 32) it is the plain pool.
 * BoTNet's 1x1 shortcut is the torchvision projection (1x1 conv with stride, BN), the attention being the only change.
 * The official SENet takes BGR Caffe inputs with mean subtraction only; glocal's data config uses RGB with ImageNet
   mean/std like timm's port of the same weights.
@@ -175,6 +177,16 @@ class CeilMaxPool(nn.Module):
         return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), kernel_size=3, stride=2)
 
 
+class CeilAvgPool2x2(nn.Module):
+    """2x2 stride-2 average pooling that rounds up, as the strided 1x1 shortcut does (``ceil(H / 2)``): a replicated
+    last row and column, then a floor-mode pool. Where ``ceil_mode=True`` adds a partial window (its divisor being
+    the in-bounds count) the copies average to the same value; an even map drops the pad unused, so it equals
+    ``nn.AvgPool2d(2, 2)`` there. A static pad keeps graphs with dynamic sizes free of a branch on the parity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), kernel_size=2, stride=2)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (or MHSA) -> 1x1 residual block, (B, in_chs, H, W) -> (B, 4 * width, H / stride, W / stride).
 
@@ -206,7 +218,7 @@ class Bottleneck(nn.Module):
             self.pool = nn.Identity()
         else:
             self.conv2 = MHSA2d(width, mhsa_heads, feat_size)
-            self.pool = nn.AvgPool2d(2, 2) if stride_3x3 == 2 else nn.Identity()
+            self.pool = CeilAvgPool2x2() if stride_3x3 == 2 else nn.Identity()
             self.bn2 = nn.BatchNorm2d(width)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
         self.relu = nn.ReLU(inplace=True)
@@ -231,7 +243,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Backbone):
-    """Bottleneck ResNet with pluggable block attention; torchvision's module names (``layer1``..``layer4``, ``fc``)."""
+    """Bottleneck ResNet with pluggable block attention; torchvision's module names (``layer1``..``layer4``, ``fc``).
+
+    Input sizes: any H, W >= 1 (>= 3 with SENet's unpadded 3x3 stem pool), square or not: each stride-2 conv and
+    pool rounds up, as torchvision's (the SENet stem's ceil-mode pool too), so stage i's map is ``ceil(H / 2^(i+1))``.
+    BoTNet's strided MHSA block pools 2x2 rounding up like its shortcut (:class:`CeilAvgPool2x2`), and its relative
+    tables are resampled to the map seen.
+    """
 
     first_conv = "conv1"
     classifier = ("fc",)
@@ -255,12 +273,11 @@ class ResNet(Backbone):
         self.in_chans = in_chans
         img_size = to_2tuple(img_size)
         block_attn = _resolve_block_attn(cfg)
-        # BoT's first c5 block attends at stride 16 and average-pools; sizes must keep that pooling exact.
-        self.input_divisor = 32 if cfg.bot_stages else 1
 
         self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.relu = nn.ReLU(inplace=True)
+        self.min_input_size = 3 if cfg.stem_pool_ceil else 1
         if cfg.stem_pool_ceil:
             self.maxpool = CeilMaxPool()
         else:

@@ -23,8 +23,10 @@ Deliberate deviations:
 * No ``pre_logits`` (Dense + tanh) layer: only the original ImageNet-21k checkpoints carry one.
 * ``global_pool="avg"`` pools the patch tokens after the final norm (the contract's ``forward_features`` ends with
   it); timm's ``avg`` models instead drop the final norm for a norm after pooling (``fc_norm``).
-* The position embedding is resampled (bicubic, non-square, class-token row kept) on the fly for any grid other than
-  the configured one, and by :meth:`VisionTransformer.adapt_state_dict` for checkpoints stored at another size.
+* Any input of at least one patch runs (see :class:`VisionTransformer`); the official code accepts only its
+  configured size. The position embedding is resampled (bicubic, non-square, class-token row kept) on the fly for
+  any grid other than the configured one, and by :meth:`VisionTransformer.adapt_state_dict` for checkpoints
+  stored at another size.
 * Data config: ImageNet mean/std and bicubic resizing (DeiT's ImageNet-1k recipe); Google's checkpoints expect
   mean = std = 0.5, which a checkpoint's own data config must state.
 """
@@ -81,7 +83,8 @@ class PlainTransformer(Backbone):
         """Record the config, input channels and stride; returns the configured (H, W) and sets ``grid_size``."""
         self.cfg = cfg
         self.in_chans = in_chans
-        self.input_divisor = stride
+        self.stride = stride
+        self.min_input_size = stride
         img_size = to_2tuple(cfg.img_size)
         if img_size[0] % stride or img_size[1] % stride:
             raise ValueError(f"img_size {img_size} must be a multiple of {stride}")
@@ -135,7 +138,7 @@ class PlainTransformer(Backbone):
         )
         self.norm = norm_layer(embed_dim)
         self.head = self._make_head(num_classes)
-        self.feature_info = FeatureInfo([tap(embed_dim, self.input_divisor, f"blocks.{b}") for b in feature_blocks])
+        self.feature_info = FeatureInfo([tap(embed_dim, self.stride, f"blocks.{b}") for b in feature_blocks])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed tokens (B, 1 + H/16 * W/16, C), the class token first."""
@@ -202,7 +205,11 @@ class ViTConfig:
 
 
 class VisionTransformer(PlainTransformer):
-    """ViT: (B, in_chans, H, W) with H, W multiples of the patch size -> logits (B, num_classes)."""
+    """ViT: (B, in_chans, H, W) -> logits (B, num_classes); any H, W of at least the patch size.
+
+    The patch embedding is a stride-p conv, which floors: the grid is (H // p, W // p) and the last H % p rows and
+    W % p columns, which no patch covers, are not seen (800 x 1333 -> 50 x 83 patches, as the conv of the official
+    code and timm compute it); the position embedding is resampled to that grid."""
 
     first_conv = "patch_embed.proj"
     classifier = ("head",)

@@ -37,7 +37,9 @@ Deliberate deviations from the official code:
   none while the transformer blocks follow the linear schedule counted over all blocks, outlookers included (timm
   keeps both). The config field ``outlooker_drop_path`` (default ``False``, the official behaviour) gives stage 1 its
   share of the schedule instead.
-* Any input whose sides are multiples of 16 works, square or not: the position embedding is resampled (bicubic,
+* Any input of at least 15 x 15 works, square or not (the stem's convs give ceil(H / 2) // 4 rows at stride 8,
+  patch merging floors them to half at stride 16: 800 x 1333 -> 100 x 166 -> 50 x 83; at multiples of 16 exactly
+  H / 8 and H / 16): the position embedding is resampled (bicubic,
   ``align_corners=False``) to the actual grid on the fly, and by :meth:`Volo.adapt_state_dict` for checkpoints stored
   for another size (the official code only adds it at the size it was built for).
 * MixToken in :meth:`Volo.forward_train` draws its mixing ratio and box from torch's generator rather than numpy's;
@@ -273,7 +275,9 @@ class Volo(Backbone):
     classifier = ("head", "aux_head")
     final_norm = "norm"
     default_out_indices = 3  # timm's VOLO: the last three taps (the transformer groups)
-    input_divisor = 16
+    # Any H, W >= 15: the stem gives ceil(H / 2) // 4 rows at stride 8 (outlook attention takes odd maps), patch
+    # merging floors to half of that at stride 16, which needs one row.
+    min_input_size = 15
     # network index of each pyramid tap: the outlookers, then the three transformer groups (network.1 is merging).
     _TAP_MODULES = (0, 2, 3, 4)
 
@@ -302,8 +306,10 @@ class Volo(Backbone):
                 f"num_heads={cfg.num_heads}"
             )
         img_size = to_2tuple(cfg.img_size)
-        if img_size[0] % self.input_divisor or img_size[1] % self.input_divisor:
-            raise ValueError(f"img_size {img_size} must be a multiple of {self.input_divisor}")
+        if img_size[0] % 16 or img_size[1] % 16:
+            raise ValueError(
+                f"img_size {img_size} must be a multiple of 16 (the stored position grid is img_size / 16)"
+            )
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
