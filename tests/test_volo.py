@@ -140,9 +140,9 @@ def test_any_size_from_15_and_pos_embed_resampling():
     model = tiny(num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 80)).shape == (1, 3)
-        # 57 x 70: stem ceil(57 / 2) // 4 = 3 rows at stride 8 (odd, outlook attention pads), 1 at stride 16.
+        # 57 x 70: stem ceil(57 / 2) // 4 = 7 rows at stride 8 (odd: outlook attention pads), 3 at stride 16.
         maps = model.forward_intermediates(torch.randn(1, 3, 57, 70), intermediates_only=True)
-        assert maps[0].shape[2:] == (3, 4) and maps[-1].shape[2:] == (1, 2)
+        assert maps[0].shape[2:] == (7, 8) and maps[-1].shape[2:] == (3, 4)
         with pytest.raises(ValueError, match="at least 15"):
             model(torch.randn(1, 3, 14, 64))
     big = tiny(num_classes=3, img_size=(384, 320))
