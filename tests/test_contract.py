@@ -6,7 +6,11 @@ import pytest
 import torch
 
 import glocal
+from glocal.analysis import analytic
 from glocal.analysis.complexity import count_macs, count_params
+from glocal.layers.context import GlobalContext
+from glocal.layers.probe import AttentionProbe
+from glocal.models.t2t_vit import TokenPerformer
 from glocal.registry import get_entry
 from tests.conftest import build, perturb_, small_size
 
@@ -191,3 +195,35 @@ def test_adaptation_hooks_name_real_modules(model_name):
     state = model.state_dict()
     adapted = model.adapt_state_dict(dict(state))
     assert adapted.keys() == state.keys() and all(torch.equal(adapted[k], state[k]) for k in state)
+
+
+def test_every_attention_probe_fires_in_a_forward(model_name):
+    model = build(model_name).eval()
+    fired: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionProbe):
+            fired[name] = 0
+            module.register_forward_hook(lambda _m, _i, _o, name=name: fired.__setitem__(name, fired[name] + 1))
+    with torch.no_grad():
+        model(torch.randn(1, 3, *small_size(model)))
+    silent = [n for n, calls in fired.items() if calls == 0]
+    assert not silent, f"probes no forward reaches (attention maps an analysis would miss): {silent}"
+
+
+def test_every_attention_module_has_a_flop_formula(model_name):
+    entry = get_entry(model_name)
+    with torch.device("meta"):
+        model = glocal.create_model(model_name)
+    owners = {name.rsplit(".", 1)[0] for name, m in model.named_modules() if isinstance(m, AttentionProbe)}
+    # Attention without a map to probe: Performer's kernel features, SE's average-pooled context.
+    owners |= {name for name, m in model.named_modules() if isinstance(m, (TokenPerformer, GlobalContext))}
+    costed = {cost.module for cost in analytic.attention_costs(model, entry.input_size)}
+    cfg = entry.config()
+    plain = entry.family == "resnet" and cfg.block_attn is None and not cfg.bot_stages
+    assert bool(owners) != plain, "every model but the plain ResNets attends somewhere"
+    assert owners <= costed, f"attention modules without an analytic formula: {sorted(owners - costed)}"
+
+
+def test_unknown_keyword_raises_type_error_naming_valid_ones(model_name):
+    with pytest.raises(TypeError, match="unknown keyword argument.*not_an_option.*Config fields"):
+        glocal.create_model(model_name, not_an_option=1)
