@@ -35,6 +35,7 @@ SMALL_OVERRIDES: dict[str, dict] = {
     # last block; BoTNet's c5 keeps a strided and a plain MHSA block).
     **{name: dict(depths=(1, 1, 2, 1)) for name in glocal.list_models("*resnet*")},
     "botnet50": dict(depths=(1, 1, 2, 2)),
+    "botnet50_lj": dict(depths=(1, 1, 2, 2)),
     # ViT/T2T: the real widths, 4 blocks (still 4 pyramid taps).
     "vit_small_patch16_224": dict(depth=4),
     "t2t_vit_10": dict(depth=4),

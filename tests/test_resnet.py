@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import GlobalContext, MHSA2d, NonLocal2d, RelPosLogits, gc_block, se_block, snl_block
+from glocal.layers.bot import AbsPosMHSA2d
 from glocal.models.resnet import Bottleneck, CeilAvgPool2x2, CeilMaxPool
 from tests.conftest import perturb_
 
@@ -268,3 +269,35 @@ def test_ceil_max_pool_equals_ceil_mode_at_every_size():
         for w in (3, 4, 9, 12):
             x = torch.randn(2, 3, h, w)
             assert torch.equal(CeilMaxPool()(x), reference(x)), (h, w)
+
+
+def test_lj_mhsa_equals_its_formula():
+    # leaderj1001's MHSA written out: logits[i, j] = q_i . k_j + p_i . q_j, no scale, softmax over j.
+    torch.manual_seed(0)
+    mhsa = AbsPosMHSA2d(16, 2, (3, 5)).eval()
+    x = torch.randn(2, 16, 3, 5)
+    q, k, v = (F.conv2d(x, c.weight, c.bias).reshape(2, 2, 8, 15) for c in (mhsa.query, mhsa.key, mhsa.value))
+    pos = (mhsa.rel_h + mhsa.rel_w).reshape(1, 2, 8, 15)  # (1, heads, d, N): rows from rel_w, columns from rel_h
+    logits = torch.einsum("bhdi,bhdj->bhij", q, k) + torch.einsum("hdi,bhdj->bhij", pos[0], q)
+    expected = torch.einsum("bhij,bhdj->bhdi", logits.softmax(-1), v).reshape(2, 16, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(mhsa(x), expected)
+        # Another map size resamples the embeddings along their axis: at 6 x 10 every one is still used.
+        assert mhsa(torch.randn(1, 16, 6, 10)).shape == (1, 16, 6, 10)
+
+
+def test_botnet50_lj_loads_the_original_layout_at_any_size(tmp_path):
+    from glocal.weights.resnet import BOTNET_LJ
+
+    torch.manual_seed(0)
+    model = perturb_(glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=64)).eval()
+    theirs = BOTNET_LJ.from_glocal(model.state_dict(), model)
+    assert "layer4.0.conv2.0.rel_h" in theirs and "layer4.0.shortcut.0.bias" in theirs and "fc.1.weight" in theirs
+    assert "layer1.0.conv2.weight" in theirs  # plain 3x3 convs keep their names
+    torch.save(theirs, tmp_path / "lj.pth")
+    loaded = glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=64, checkpoint=tmp_path / "lj.pth")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+    larger = glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=128, checkpoint=tmp_path / "lj.pth")
+    assert larger.layer4[0].conv2.rel_w.shape == (1, 4, 128, 8, 1)

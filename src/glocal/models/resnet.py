@@ -12,6 +12,14 @@ Papers and the code each variant is faithful to:
 * Simplified NL, GCNet Section 3.3: at the same place as the NL block.
 * BoTNet, Srinivas et al., arXiv 2101.11605; the authors' TF gist (BoT50): the three 3x3 convs of c5 become MHSA with
   4 heads and 2-D relative position logits; the first c5 block attends at stride 16 and then average-pools 2x2.
+* ``botnet50_lj``: leaderj1001/BottleneckTransformers ``model.py`` ``ResNet50``, the PyTorch code BoTNet write-ups
+  point to, whose MHSA differs from the paper (:class:`~glocal.layers.bot.AbsPosMHSA2d`: biased q/k/v convs,
+  per-head absolute row/column embeddings in a content-position term, no d^-0.5 scale) and whose projection
+  shortcuts carry a bias. 20,875,560 parameters and its logits under its state dict (layout
+  ``bottleneck-transformers-lj``, loadable by ``checkpoint=``). Deviations: any input size (its embeddings are
+  resampled to the map seen; the original only runs at the size it was built for); its ``Dropout(0.3)`` before
+  ``fc`` is the run-time ``drop_rate`` (default 0; pass ``drop_rate=0.3`` for its recipe); convs start from glocal's
+  He-normal init rather than PyTorch's default.
 
 Block attention is data: ``block_attn`` ('se' | 'gc' | 'nl' | 'snl') with stages, blocks, position, ratio,
 pooling, fusion and norm as config fields, each ``None`` meaning the paper's choice for that block (see
@@ -41,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocal.layers.bot import MHSA2d
+from glocal.layers.bot import AbsPosMHSA2d, MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
 from glocal.layers.rel_pos import resample_table
@@ -84,6 +92,10 @@ class ResNetConfig:
     # Stages whose 3x3 convs become multi-head self-attention (BoTNet: (5,)).
     bot_stages: tuple[int, ...] = ()
     bot_heads: int = 4
+    # 'relative': the paper's MHSA (TF gist, 2-D relative logits); 'absolute': leaderj1001/BottleneckTransformers'.
+    bot_mhsa: str = "relative"
+    # Biased 1x1 projection shortcuts (leaderj1001's code); torchvision's have no bias (a BN follows).
+    shortcut_bias: bool = False
     # Zero-init the last BN of every block (Goyal et al.); BoTNet's blocks start so.
     zero_init_last: bool = False
 
@@ -162,8 +174,10 @@ def _resolve_block_attn(cfg: ResNetConfig) -> _BlockAttn | None:
     return _BlockAttn(kind=cfg.block_attn, subsample=cfg.nl_subsample, **resolved)
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+def _conv_bn(
+    in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, bias: bool = False
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
     return conv, nn.BatchNorm2d(out_chs)
 
 
@@ -207,7 +221,9 @@ class Bottleneck(nn.Module):
         context: nn.Module | None = None,
         context_after_add: bool = False,
         mhsa_heads: int | None = None,
+        mhsa_layer: type[nn.Module] = MHSA2d,
         feat_size: tuple[int, int] = (14, 14),
+        shortcut_bias: bool = False,
     ) -> None:
         super().__init__()
         out_chs = width * self.expansion
@@ -217,13 +233,15 @@ class Bottleneck(nn.Module):
             self.conv2, self.bn2 = _conv_bn(width, width, 3, stride_3x3)
             self.pool = nn.Identity()
         else:
-            self.conv2 = MHSA2d(width, mhsa_heads, feat_size)
+            self.conv2 = mhsa_layer(width, mhsa_heads, feat_size)
             self.pool = CeilAvgPool2x2() if stride_3x3 == 2 else nn.Identity()
             self.bn2 = nn.BatchNorm2d(width)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
-            nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride)) if stride != 1 or in_chs != out_chs else None
+            nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride, bias=shortcut_bias))
+            if stride != 1 or in_chs != out_chs
+            else None
         )
         self.context = context
         self.context_after_add = context_after_add
@@ -268,6 +286,9 @@ class ResNet(Backbone):
             raise ValueError(f"a ResNet has 4 stages: got depths={cfg.depths}, widths={cfg.widths}")
         if not set(cfg.bot_stages) <= {2, 3, 4, 5}:
             raise ValueError(f"bot_stages are numbered 2..5 (c2..c5), got {cfg.bot_stages}")
+        mhsa_layers = {"relative": MHSA2d, "absolute": AbsPosMHSA2d}
+        if cfg.bot_mhsa not in mhsa_layers:
+            raise ValueError(f"bot_mhsa must be one of {sorted(mhsa_layers)}, got {cfg.bot_mhsa!r}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -310,7 +331,9 @@ class ResNet(Backbone):
                         context=context,
                         context_after_add=block_attn is not None and block_attn.position == "after_add",
                         mhsa_heads=cfg.bot_heads if stage in cfg.bot_stages else None,
+                        mhsa_layer=mhsa_layers[cfg.bot_mhsa],
                         feat_size=feat_size,
+                        shortcut_bias=cfg.shortcut_bias,
                     )
                 )
                 in_chs = width * Bottleneck.expansion
@@ -336,7 +359,7 @@ class ResNet(Backbone):
         for m in self.modules():
             if isinstance(m, Bottleneck) and self.cfg.zero_init_last:
                 nn.init.zeros_(m.bn3.weight)
-            if isinstance(m, (GlobalContext, NonLocal2d, MHSA2d)):
+            if isinstance(m, (GlobalContext, NonLocal2d, MHSA2d, AbsPosMHSA2d)):
                 m.init_weights()
 
     @property
@@ -375,12 +398,20 @@ class ResNet(Backbone):
             delattr(self, f"layer{i}")
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Resample BoTNet relative-position tables saved for another input size to this model's tables."""
+        """Resample BoTNet position tables saved for another input size to this model's tables: relative tables
+        over offsets, leaderj1001's absolute ``rel_h`` (columns) and ``rel_w`` (rows) linearly along their axis."""
         own = self.state_dict()
         out = dict(state_dict)
         for key, value in state_dict.items():
-            if key.endswith((".rel_pos.height", ".rel_pos.width")) and key in own and value.shape != own[key].shape:
+            if key not in own or value.shape == own[key].shape:
+                continue
+            if key.endswith((".rel_pos.height", ".rel_pos.width")):
                 out[key] = resample_table(value, (own[key].shape[0] + 1) // 2)
+            elif key.endswith((".conv2.rel_h", ".conv2.rel_w")):
+                size = own[key].shape[-2:]
+                out[key] = F.interpolate(value.flatten(1, 2), size=size, mode="bilinear", align_corners=False).reshape(
+                    own[key].shape
+                )
         return out
 
 
@@ -390,6 +421,10 @@ _TV = "torchvision resnet; He et al. 2016 README (1-crop top-1); GMACs measured 
 _SE = "hujie-frank/SENet README (retrained top-1); params/GMACs measured on the official prototxt layout"
 _GC = "GCNet paper Table 1 (77.70 top-1, 4.13 GFLOPs, 28.08M); official ContextBlock, stage_with_gcb=(F,T,T,T)"
 _NL = "video-nonlocal-net embedded Gaussian, 1 block before the last c4 block (GCNet's setting); measured figures"
+_LJ = (
+    "leaderj1001/BottleneckTransformers model.py ResNet50; params and GMACs (torch FlopCounter, 224) counted on it; "
+    "no released weights or top-1"
+)
 _BOT = "BoTNet paper (BoT50, 20.8M); official TF gist, measured 4.03 GMACs; no ImageNet top-1 for BoT50 at 224"
 
 
@@ -445,3 +480,8 @@ def snlresnet50() -> ResNetConfig:
                 pinned_params=20_852_008)  # fmt: skip
 def botnet50() -> ResNetConfig:
     return ResNetConfig(depths=_R50, bot_stages=(5,), zero_init_last=True)
+
+
+@register_model(ResNet, family="resnet", paper=PaperFigures(20_875_560, exact_params=True, gmacs=4.04, source=_LJ))
+def botnet50_lj() -> ResNetConfig:
+    return ResNetConfig(depths=_R50, bot_stages=(5,), bot_mhsa="absolute", shortcut_bias=True)
