@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -227,3 +229,12 @@ def test_every_attention_module_has_a_flop_formula(model_name):
 def test_unknown_keyword_raises_type_error_naming_valid_ones(model_name):
     with pytest.raises(TypeError, match="unknown keyword argument.*not_an_option.*Config fields"):
         glocal.create_model(model_name, not_an_option=1)
+
+
+def test_img_size_is_one_config_field_on_every_family(model_name):
+    entry = get_entry(model_name)
+    assert "img_size" in {f.name for f in dataclasses.fields(entry.config())}
+    with torch.device("meta"):
+        model = glocal.create_model(model_name, img_size=(256, 320))
+    assert model.img_size == (256, 320) and model.data_config.input_size == (3, 256, 320)
+    assert model.cfg.img_size == (256, 320) and model.num_classes == 1000 and model.in_chans == 3

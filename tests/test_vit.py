@@ -147,3 +147,13 @@ def test_data_config_and_no_weight_decay():
     assert _meta("vit_base_patch16_384").data_config.input_size == (3, 384, 384)
     assert _meta("vit_base_patch16_384").data_config.crop_pct == 1.0
     assert _meta("vit_tiny_patch16_224").no_weight_decay() == {"pos_embed", "cls_token"}
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "t2t_vit_14"])
+def test_reset_classifier_uses_the_construction_init(name):
+    model = glocal.create_model(name, depth=1)
+    model.reset_classifier(5000)
+    weight = model.head.weight.detach()
+    # trunc-normal(0.02), zero bias: PyTorch's default would be uniform with std 1/sqrt(3 * 384) ~ 0.029.
+    assert abs(weight.std().item() - 0.02) < 0.001 and weight.abs().max().item() <= 0.04 + 1e-6
+    assert torch.count_nonzero(model.head.bias) == 0

@@ -162,6 +162,16 @@ class Backbone(nn.Module):
     # Memory layout the image is converted to before the first layer (see the module docstring).
     memory_format: torch.memory_format = torch.channels_last
 
+    def __init__(self, cfg, *, num_classes: int, in_chans: int) -> None:
+        """Store what every model keeps: its config ``cfg`` (a frozen dataclass with an ``img_size`` field, the one
+        place an input size is given: ``create_model(name, img_size=...)`` for every family), ``num_classes``,
+        ``in_chans`` and ``img_size`` as an (H, W) pair."""
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = to_2tuple(cfg.img_size)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming what is accepted when ``x`` is not a (B, in_chans, H, W) batch of usable size."""
         if x.ndim != 4:

@@ -53,7 +53,7 @@ from glocal.layers.bot import AbsPosMHSA2d, MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
 from glocal.layers.rel_pos import resample_table
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["BLOCK_ATTN_DEFAULTS", "Bottleneck", "ResNet", "ResNetConfig"]
@@ -98,6 +98,8 @@ class ResNetConfig:
     shortcut_bias: bool = False
     # Zero-init the last BN of every block (Goyal et al.); BoTNet's blocks start so.
     zero_init_last: bool = False
+    # The input size BoTNet's position tables are built for (other sizes resample them) and the data config's.
+    img_size: int | tuple[int, int] = 224
 
 
 # The paper's choice for every unset attn_* field, per block kind.
@@ -278,10 +280,9 @@ class ResNet(Backbone):
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
-        img_size: int | tuple[int, int] = 224,
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         if len(cfg.depths) != 4 or len(cfg.widths) != 4:
             raise ValueError(f"a ResNet has 4 stages: got depths={cfg.depths}, widths={cfg.widths}")
         if not set(cfg.bot_stages) <= {2, 3, 4, 5}:
@@ -289,10 +290,7 @@ class ResNet(Backbone):
         mhsa_layers = {"relative": MHSA2d, "absolute": AbsPosMHSA2d}
         if cfg.bot_mhsa not in mhsa_layers:
             raise ValueError(f"bot_mhsa must be one of {sorted(mhsa_layers)}, got {cfg.bot_mhsa!r}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        img_size = to_2tuple(img_size)
+        img_size = self.img_size
         block_attn = _resolve_block_attn(cfg)
 
         self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, kernel_size=7, stride=2, padding=3, bias=False)

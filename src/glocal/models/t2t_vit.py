@@ -281,8 +281,8 @@ class T2TViT(PlainTransformer):
         performer_drop_rate: float = 0.1,
         feature_blocks: tuple[int, ...] | list[int] | None = None,
     ) -> None:
-        super().__init__()
-        img_size = self._init_grid(cfg, in_chans, T2T_STRIDE)
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
+        img_size = self._init_grid(T2T_STRIDE)
         self.min_input_size = 3  # one 7x7 soft-split window (padding 2)
         self.tokens_to_token = TokensToToken(
             in_chans,

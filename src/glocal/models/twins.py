@@ -60,7 +60,7 @@ from glocal.layers.drop import drop_path_rates
 from glocal.layers.linear import Linear
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = [
@@ -215,6 +215,8 @@ class TwinsConfig:
     # Stride of the first patch embedding; later stages halve the map with 2x2 patches.
     patch_size: int = 4
     qkv_bias: bool = True
+    # The data config's input size (Twins has no size-dependent parameter).
+    img_size: int | tuple[int, int] = 224
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -257,12 +259,11 @@ class Twins(Backbone):
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
-        img_size: int | tuple[int, int] = 224,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         num_stages = len(cfg.depths)
         per_stage = {"embed_dims": cfg.embed_dims, "num_heads": cfg.num_heads, "mlp_ratios": cfg.mlp_ratios}
         per_stage["sr_ratios"] = cfg.sr_ratios
@@ -271,10 +272,7 @@ class Twins(Backbone):
         wrong = {k: v for k, v in per_stage.items() if len(v) != num_stages}
         if wrong:
             raise ValueError(f"every per-stage field needs {num_stages} entries (depths={cfg.depths}), got {wrong}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        img_size = to_2tuple(img_size)
+        img_size = self.img_size
 
         reductions = [cfg.patch_size * 2**i for i in range(num_stages)]
         self.min_input_size = _min_side(cfg)

@@ -45,7 +45,7 @@ from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.pos_embed import resample_tokens
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["PlainTransformer", "ViTConfig", "VisionTransformer", "even_feature_blocks"]
@@ -62,7 +62,7 @@ def even_feature_blocks(depth: int, num_taps: int = 4) -> tuple[int, ...]:
 class PlainTransformer(Backbone):
     """A single-resolution token backbone: embedding (with class token) -> blocks -> norm -> head.
 
-    Subclasses record their config and token grid with :meth:`_init_grid`, build ``self.blocks`` (a ``ModuleList``
+    Subclasses record their token grid with :meth:`_init_grid`, build ``self.blocks`` (a ``ModuleList``
     of :class:`~glocal.layers.block.TransformerBlock`), ``self.norm`` and ``self.head`` with :meth:`_build_encoder`
     and implement :meth:`embed`. This class provides the rest of the contract: pooling and head, the block-tap
     pyramid and its pruning.
@@ -79,13 +79,11 @@ class PlainTransformer(Backbone):
         """(B, in_chans, H, W) -> tokens (B, 1 + h*w, C) with class token and positions, and the grid (h, w)."""
         raise NotImplementedError
 
-    def _init_grid(self, cfg, in_chans: int, stride: int) -> tuple[int, int]:
-        """Record the config, input channels and stride; returns the configured (H, W) and sets ``grid_size``."""
-        self.cfg = cfg
-        self.in_chans = in_chans
+    def _init_grid(self, stride: int) -> tuple[int, int]:
+        """Record the token stride; returns the configured (H, W) and sets ``grid_size``."""
         self.stride = stride
         self.min_input_size = stride
-        img_size = to_2tuple(cfg.img_size)
+        img_size = self.img_size
         if img_size[0] % stride or img_size[1] % stride:
             raise ValueError(f"img_size {img_size} must be a multiple of {stride}")
         self.grid_size = (img_size[0] // stride, img_size[1] // stride)
@@ -116,7 +114,6 @@ class PlainTransformer(Backbone):
         self.global_pool = global_pool
         self.feature_blocks = feature_blocks
         self.num_features = embed_dim
-        self.num_classes = num_classes
         rates = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             TransformerBlock(
@@ -225,8 +222,8 @@ class VisionTransformer(PlainTransformer):
         drop_path_rate: float = 0.0,
         feature_blocks: tuple[int, ...] | list[int] | None = None,
     ) -> None:
-        super().__init__()
-        img_size = self._init_grid(cfg, in_chans, cfg.patch_size)
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
+        img_size = self._init_grid(cfg.patch_size)
         self.patch_embed = PatchEmbed(in_chans, cfg.embed_dim, cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], cfg.embed_dim))

@@ -65,7 +65,7 @@ from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.pos_embed import resample_grid
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["ClassAttention", "ClassBlock", "OutlookAttention", "Volo", "VoloConfig"]
@@ -294,7 +294,7 @@ class Volo(Backbone):
     ) -> None:
         """``drop_rate`` is the dropout after adding the position embedding (the official ``pos_drop``);
         ``mix_token`` enables MixToken in :meth:`forward_train` (training mode only)."""
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         if not len(cfg.depths) == len(cfg.embed_dims) == len(cfg.num_heads) == 4:
             raise ValueError(
                 f"VOLO has an outlooker group and three transformer groups: got depths={cfg.depths}, "
@@ -305,14 +305,11 @@ class Volo(Backbone):
                 f"the transformer groups share one width and head count, got embed_dims={cfg.embed_dims}, "
                 f"num_heads={cfg.num_heads}"
             )
-        img_size = to_2tuple(cfg.img_size)
+        img_size = self.img_size
         if img_size[0] % 16 or img_size[1] % 16:
             raise ValueError(
                 f"img_size {img_size} must be a multiple of 16 (the stored position grid is img_size / 16)"
             )
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         self.mix_token = mix_token
         outlook_dim, dim = cfg.embed_dims[0], cfg.embed_dims[1]
         self.num_features = dim
