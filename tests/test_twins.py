@@ -64,7 +64,7 @@ def test_state_dict_keys_and_norm_eps_are_official(name):
         if isinstance(m, torch.nn.LayerNorm):
             expected = 1e-5 if n.startswith("patch_embeds.") or n.endswith("attn.norm") else 1e-6
             assert m.eps == expected, n
-    assert model.input_divisor == 1 and model.min_input_size == 32
+    assert model.min_input_size == 32
 
 
 def test_svt_alternates_lsa_and_gsa_and_pcpvt_is_all_gsa():
@@ -206,7 +206,7 @@ def test_any_multiple_of_32_works_and_paths_agree(name, size):
 @pytest.mark.parametrize("size", [(31, 64), (64, 20), (0, 32)])
 def test_sizes_below_the_minimum_raise(size):
     model = tiny()
-    assert model.min_input_size == 32 and model.input_divisor == 1
+    assert model.min_input_size == 32
     with pytest.raises(ValueError, match="at least 32"):
         model(torch.randn(1, 3, *size))
 

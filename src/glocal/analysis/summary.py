@@ -36,7 +36,7 @@ class ModelSummary:
 
 
 def _non_square_size(model) -> tuple[int, int]:
-    div = max(model.input_divisor, 32)
+    div = max(model.export_divisor, 32)
     h = max(model.min_input_size, 128)
     h = -(-h // div) * div
     return h, h + 2 * div

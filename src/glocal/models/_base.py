@@ -14,7 +14,7 @@ A :class:`Backbone` maps (B, in_chans, H, W) images to logits and exposes:
   taps do not use;
 * ``reset_classifier(num_classes)``, ``no_weight_decay()``; ``data_config`` with the input size and normalisation.
 
-Input checks (rank, channels, size divisibility) live here, once, in :meth:`Backbone.check_input`; every family's
+Input checks (rank, channels, minimum size) live here, once, in :meth:`Backbone.check_input`; every family's
 first step is :meth:`Backbone.prepare_input`, which checks and hands the image over in channels-last memory layout
 (NHWC strides, same shape and values). On CPU, oneDNN's convolutions and their backward run about 1.2-1.4x faster
 on channels-last tensors (ResNet-50, batch 8), and the layout propagates through convolutions, norms and
@@ -147,13 +147,15 @@ class Backbone(nn.Module):
     in_chans: int
     feature_info: FeatureInfo
     data_config: DataConfig
-    # Input height and width must be multiples of this and at least ``min_input_size``.
-    input_divisor: int = 1
+    # The smallest input height and width (every family states its rule; any size from here runs).
     min_input_size: int = 32
     # Checkpoint adaptation: the module whose weight takes the image channels (adapted for in_chans != 3) and the
     # classifier modules (re-initialised when num_classes differs), as dotted module names.
     first_conv: str = ""
     classifier: tuple[str, ...] = ()
+    # Exports with dynamic sizes are built over multiples of this: every input size runs eagerly, but branches on
+    # the size (BoTNet's position tables, LSA's padding, floored strides) are only generic over such a lattice.
+    export_divisor: int = 1
     # Attribute holding the final norm ("" for none), replaced by ``nn.Identity`` when pruned.
     final_norm: str = ""
     # ``features_only`` taps when ``out_indices`` is not given, as timm's (every tap of a hierarchical model; the
@@ -184,12 +186,9 @@ class Backbone(nn.Module):
                 f"(shape {tuple(x.shape)}); pass in_chans={x.shape[1]} to create_model"
             )
         H, W = x.shape[-2:]
-        div, low = self.input_divisor, self.min_input_size
-        if H < low or W < low or H % div or W % div:
-            raise ValueError(
-                f"{type(self).__name__} accepts heights and widths that are multiples of {div} and at least {low}, "
-                f"got {H}x{W}"
-            )
+        low = self.min_input_size
+        if H < low or W < low:
+            raise ValueError(f"{type(self).__name__} accepts heights and widths of at least {low}, got {H}x{W}")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """:func:`glocal.validate.check_input_tensor` (a tensor of the model's dtype, finite, of a size that fits in

@@ -297,6 +297,7 @@ class ResNet(Backbone):
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.min_input_size = 3 if cfg.stem_pool_ceil else 1
+        self.export_divisor = 32 if cfg.bot_stages else 1  # BoT's tables are sized for an even stride-16 map
         if cfg.stem_pool_ceil:
             self.maxpool = CeilMaxPool()
         else:

@@ -276,6 +276,8 @@ class Twins(Backbone):
 
         reductions = [cfg.patch_size * 2**i for i in range(num_stages)]
         self.min_input_size = _min_side(cfg)
+        # Exports: maps that every patch embedding and sub-sampling conv tiles exactly (32 for every variant).
+        self.export_divisor = math.lcm(*(r * s for r, s in zip(reductions, cfg.sr_ratios, strict=True)))
 
         self.patch_embeds = nn.ModuleList()
         self.blocks = nn.ModuleList()

@@ -83,6 +83,7 @@ class PlainTransformer(Backbone):
         """Record the token stride; returns the configured (H, W) and sets ``grid_size``."""
         self.stride = stride
         self.min_input_size = stride
+        self.export_divisor = stride  # exports: grids without a floored border, the position table resampled
         img_size = self.img_size
         if img_size[0] % stride or img_size[1] % stride:
             raise ValueError(f"img_size {img_size} must be a multiple of {stride}")

@@ -278,6 +278,7 @@ class Volo(Backbone):
     # Any H, W >= 15: the stem gives ceil(H / 2) // 4 rows at stride 8 (outlook attention takes odd maps), patch
     # merging floors to half of that at stride 16, which needs one row.
     min_input_size = 15
+    export_divisor = 16
     # network index of each pyramid tap: the outlookers, then the three transformer groups (network.1 is merging).
     _TAP_MODULES = (0, 2, 3, 4)
 
