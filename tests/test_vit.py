@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import resample_tokens
-from glocal.models.vit import VisionTransformer, even_feature_blocks
+from glocal.models._plain import even_feature_blocks
+from glocal.models.vit import VisionTransformer
 from tests.conftest import perturb_
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2)

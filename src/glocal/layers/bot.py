@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glocal.layers.attention import attend
+from glocal.layers.heads import head_dim
 from glocal.layers.probe import AttentionProbe
 from glocal.layers.rel_pos import RelPosLogits
 
@@ -27,10 +28,8 @@ class MHSA2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, feat_size: tuple[int, int]) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"MHSA width {dim} must be divisible by its {num_heads} heads")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=False)
         self.rel_pos = RelPosLogits(feat_size, self.head_dim)
         self.probe = AttentionProbe("bot")
@@ -62,17 +61,15 @@ class AbsPosMHSA2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, feat_size: tuple[int, int]) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"MHSA width {dim} must be divisible by its {num_heads} heads")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.query = nn.Conv2d(dim, dim, kernel_size=1)
         self.key = nn.Conv2d(dim, dim, kernel_size=1)
         self.value = nn.Conv2d(dim, dim, kernel_size=1)
         height, width = feat_size
         self.rel_h = nn.Parameter(torch.randn(1, num_heads, self.head_dim, 1, width))
         self.rel_w = nn.Parameter(torch.randn(1, num_heads, self.head_dim, height, 1))
-        self.probe = AttentionProbe()
+        self.probe = AttentionProbe("bot")
 
     def init_weights(self) -> None:
         """The original's: standard-normal embeddings (the convs keep the model's conv initialisation)."""

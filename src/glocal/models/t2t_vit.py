@@ -24,7 +24,7 @@ random features (Choromanski et al., arXiv 2009.14794): it never forms an attent
 analyses do not see it. Its random features ``w`` are fixed: a frozen parameter, saved with the weights (official
 checkpoints carry theirs) and drawn from ``random_feature_seed``, independently of the global RNG.
 
-The backbone is a ViT (:class:`~glocal.models.vit.PlainTransformer`): class token, a **fixed sinusoidal** position
+The backbone is a ViT (:class:`~glocal.models._plain.PlainTransformer`): class token, a **fixed sinusoidal** position
 table (a frozen parameter over the class token and the flattened patch index, as the official code), pre-norm
 blocks without qkv bias, LayerNorm eps 1e-5, the class token into the head.
 
@@ -57,11 +57,12 @@ import torch
 from torch import nn
 
 from glocal.layers.attention import attend
+from glocal.layers.heads import split_heads
 from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.probe import AttentionProbe
 from glocal.models._base import DataConfig
-from glocal.models.vit import PlainTransformer
+from glocal.models._plain import PlainTransformer
 from glocal.registry import PaperFigures, register_model
 
 __all__ = [
@@ -121,9 +122,7 @@ class TokenAttention(nn.Module):
         self.probe = AttentionProbe()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, 1, self.out_dim).permute(2, 0, 3, 1, 4)  # (3, B, 1, N, out_dim)
-        q, k, v = qkv.unbind(0)  # each (B, 1, N, out_dim)
+        q, k, v = split_heads(self.qkv(x), 1, parts=3).unbind(0)  # each (B, 1, N, out_dim)
         y = attend(
             q, k, v, probe=self.probe, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0
         )  # (B, 1, N, out_dim)

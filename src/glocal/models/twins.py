@@ -57,6 +57,7 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend
 from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
+from glocal.layers.heads import head_dim, merge_heads, split_heads
 from glocal.layers.linear import Linear
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.probe import AttentionProbe
@@ -151,10 +152,8 @@ class GlobalSubsampledAttention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.scale = self.head_dim**-0.5
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.kv = Linear(dim, dim * 2, bias=qkv_bias)
@@ -172,15 +171,14 @@ class GlobalSubsampledAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+        q = split_heads(self.q(x), self.num_heads)  # (B, heads, N, head_dim)
         if self.sr is not None:
             x = x.transpose(1, 2).reshape(B, C, size[0], size[1])  # (B, C, H, W)
             x = self.sr(x).flatten(2).transpose(1, 2)  # (B, N / sr^2, C)
             x = self.norm(x)
-        kv = self.kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, heads, Nk, hd)
-        k, v = kv.unbind(0)  # each (B, heads, Nk, head_dim)
+        k, v = split_heads(self.kv(x), self.num_heads, parts=2).unbind(0)  # each (B, heads, Nk, head_dim)
         x = attend(q, k, v, probe=self.probe, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = merge_heads(x)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
 

@@ -61,6 +61,7 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend, attend_logits
 from glocal.layers.block import TransformerBlock
 from glocal.layers.drop import drop_path_rates
+from glocal.layers.heads import head_dim, merge_heads, split_heads
 from glocal.layers.linear import Linear
 from glocal.layers.mlp import Mlp
 from glocal.layers.pos_embed import resample_grid
@@ -171,10 +172,8 @@ class ClassAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False, attn_drop: float = 0.0) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.kv = Linear(dim, dim * 2, bias=qkv_bias)
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -182,11 +181,10 @@ class ClassAttention(nn.Module):
         self.probe = AttentionProbe("class", prefix_tokens=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kv = self.kv(x).unflatten(-1, (2, self.num_heads, self.head_dim))  # (B, 1 + N, 2, heads, head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, 1 + N, head_dim)
-        q = self.q(x[:, :1]).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, heads, 1, hd)
+        k, v = split_heads(self.kv(x), self.num_heads, parts=2).unbind(0)  # each (B, heads, 1 + N, head_dim)
+        q = split_heads(self.q(x[:, :1]), self.num_heads)  # (B, heads, 1, hd)
         y = attend(q, k, v, probe=self.probe, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, 1, hd)
-        return self.proj(y.transpose(1, 2).flatten(2))  # (B, 1, C)
+        return self.proj(merge_heads(y))  # (B, 1, C)
 
 
 class ClassBlock(nn.Module):
