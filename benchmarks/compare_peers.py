@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import statistics
 import sys
 import time
@@ -91,9 +90,7 @@ def load_official(family: str, repo: Path):
 
 
 def build_glocal(name: str, img_size: int) -> torch.nn.Module:
-    entry = glocal.registry.get_entry(name)
-    kwargs = {"img_size": img_size} if "img_size" in inspect.signature(entry.model_cls.__init__).parameters else {}
-    return glocal.create_model(name, **kwargs)
+    return glocal.create_model(name, img_size=img_size)
 
 
 def build_peers(name: str, img_size: int, timm, official: dict[str, Path]) -> dict[str, torch.nn.Module]:

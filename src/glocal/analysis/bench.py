@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import inspect
 import math
 import statistics
 import time
@@ -35,7 +34,6 @@ from glocal.analysis.complexity import count_macs, count_params, count_train_mac
 from glocal.factory import create_model
 from glocal.layers.linear import linear
 from glocal.optimize import optimize_for_inference
-from glocal.registry import get_entry
 from glocal.runtime import release_freed_memory
 
 __all__ = ["BenchRecord", "bench_model", "fit_scaling", "matmul_peak_tflops", "plot_scaling"]
@@ -152,11 +150,8 @@ def _memory_meter(device: str):
 
 
 def _build(name: str, img_size: int, device: str) -> torch.nn.Module:
-    entry = get_entry(name)
-    kwargs = {}
-    if "img_size" in inspect.signature(entry.model_cls.__init__).parameters:
-        kwargs["img_size"] = img_size
-    return create_model(name, **kwargs).to(device)
+    """The model built for ``img_size`` (a config field of every family)."""
+    return create_model(name, img_size=img_size).to(device)
 
 
 def _count(name: str, img_size: int, mode: str) -> tuple[int, int, int]:
