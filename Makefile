@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: setup main test test-slow lint
+.PHONY: setup main test test-slow lint docs
 setup: $(STAMP)
 
 # The main job: train a small GC-ResNet on the bundled handwritten digits (>= 95% validation top-1 in about a minute).
@@ -29,3 +29,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# The API reference (mkdocs + mkdocstrings, from the docstrings) into site/; warnings are errors.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -q

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import statistics
 import sys
 import time
@@ -92,11 +91,9 @@ def load_official(family: str, repo: Path):
 
 
 def build_glocal(name: str, img_size: int, backend: bool) -> torch.nn.Module:
-    """The glocal model, on its CPU backend (routes chosen by measurement) unless ``backend`` is False; the malloc
-    setting is left to ``--keep-freed-memory`` (it applies to the peers too)."""
-    entry = glocal.registry.get_entry(name)
-    kwargs = {"img_size": img_size} if "img_size" in inspect.signature(entry.model_cls.__init__).parameters else {}
-    model = glocal.create_model(name, **kwargs)
+    """The glocal model built for ``img_size``, on its CPU backend (routes chosen by measurement) unless ``backend``
+    is False; the malloc setting is left to ``--keep-freed-memory`` (it applies to the peers too)."""
+    model = glocal.create_model(name, img_size=img_size)
     return cpu_backend.enable(model, malloc=False) if backend else model
 
 

@@ -34,7 +34,7 @@ def test_info_json(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["params"] == record["paper_params"] == 28_088_024
     assert abs(record["gmacs"] - 3.86) < 0.01
-    assert [t["reduction"] for t in record["taps"]] == [4, 8, 16, 32]
+    assert [t["reduction"] for t in record["taps"]] == [2, 4, 8, 16, 32]  # timm's taps: the stem, then c2..c5
 
 
 def test_summary_builds_and_runs_models(capsys):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import glocal
+from glocal.analysis import analytic
 from glocal.analysis.complexity import count_macs, count_params
+from glocal.layers.context import GlobalContext
+from glocal.layers.probe import AttentionProbe
+from glocal.models.t2t_vit import TokenPerformer
 from glocal.registry import get_entry
 from tests.conftest import build, perturb_, small_size
 
@@ -72,12 +78,14 @@ def test_pyramid_channels_reductions_and_last_map(model_name):
     h, w = small_size(model)
     x = torch.randn(1, 3, h, w)
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
+        final, maps = model.forward_intermediates(x)
         last = model.forward_features(x)
-    assert len(maps) == len(model.feature_info)
-    for fmap, info in zip(maps, model.feature_info, strict=True):
-        assert fmap.shape[:2] == (1, info.num_chs)
-        assert fmap.shape[2:] == (h // info.reduction, w // info.reduction)
+    torch.testing.assert_close(final, last)
+    info = model.feature_info
+    assert len(maps) == len(info) == len(info.channels())
+    for fmap, chs, red in zip(maps, info.channels(), info.reduction(), strict=True):
+        assert fmap.shape[:2] == (1, chs)
+        assert fmap.shape[2:] == (h // red, w // red)
     if last.ndim == 4:
         torch.testing.assert_close(maps[-1], last)
 
@@ -89,7 +97,7 @@ def test_features_only_keeps_only_used_parameters(model_name):
     torch.manual_seed(0)
     pyramid = perturb_(build(model_name, features_only=True, out_indices=(0, 1)))
     assert pyramid.out_indices == [0, 1]
-    assert [f.num_chs for f in pyramid.feature_info] == [f.num_chs for f in full.feature_info[:2]]
+    assert pyramid.feature_info.channels() == full.feature_info.channels([0, 1])
     h, w = small_size(full)
     maps = pyramid(torch.randn(1, 3, h, w))
     assert len(maps) == 2 and all(m.ndim == 4 for m in maps)
@@ -153,9 +161,6 @@ def test_bad_inputs_raise_clear_errors(model_name):
         model(torch.randn(1, 4, h, w))
     with pytest.raises(ValueError, match="at least"):
         model(torch.randn(1, 3, model.min_input_size - 1, w))
-    if model.input_divisor > 1:
-        with pytest.raises(ValueError, match=f"multiples of {model.input_divisor}"):
-            model(torch.randn(1, 3, h + 1, w))
 
 
 def test_in_chans_and_reset_classifier(model_name):
@@ -189,3 +194,44 @@ def test_adaptation_hooks_name_real_modules(model_name):
     state = model.state_dict()
     adapted = model.adapt_state_dict(dict(state))
     assert adapted.keys() == state.keys() and all(torch.equal(adapted[k], state[k]) for k in state)
+
+
+def test_every_attention_probe_fires_in_a_forward(model_name):
+    model = build(model_name).eval()
+    fired: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionProbe):
+            fired[name] = 0
+            module.register_forward_hook(lambda _m, _i, _o, name=name: fired.__setitem__(name, fired[name] + 1))
+    with torch.no_grad():
+        model(torch.randn(1, 3, *small_size(model)))
+    silent = [n for n, calls in fired.items() if calls == 0]
+    assert not silent, f"probes no forward reaches (attention maps an analysis would miss): {silent}"
+
+
+def test_every_attention_module_has_a_flop_formula(model_name):
+    entry = get_entry(model_name)
+    with torch.device("meta"):
+        model = glocal.create_model(model_name)
+    owners = {name.rsplit(".", 1)[0] for name, m in model.named_modules() if isinstance(m, AttentionProbe)}
+    # Attention without a map to probe: Performer's kernel features, SE's average-pooled context.
+    owners |= {name for name, m in model.named_modules() if isinstance(m, (TokenPerformer, GlobalContext))}
+    costed = {cost.module for cost in analytic.attention_costs(model, entry.input_size)}
+    cfg = entry.config()
+    plain = entry.family == "resnet" and cfg.block_attn is None and not cfg.bot_stages
+    assert bool(owners) != plain, "every model but the plain ResNets attends somewhere"
+    assert owners <= costed, f"attention modules without an analytic formula: {sorted(owners - costed)}"
+
+
+def test_unknown_keyword_raises_type_error_naming_valid_ones(model_name):
+    with pytest.raises(TypeError, match="unknown keyword argument.*not_an_option.*Config fields"):
+        glocal.create_model(model_name, not_an_option=1)
+
+
+def test_img_size_is_one_config_field_on_every_family(model_name):
+    entry = get_entry(model_name)
+    assert "img_size" in {f.name for f in dataclasses.fields(entry.config())}
+    with torch.device("meta"):
+        model = glocal.create_model(model_name, img_size=(256, 320))
+    assert model.img_size == (256, 320) and model.data_config.input_size == (3, 256, 320)
+    assert model.cfg.img_size == (256, 320) and model.num_classes == 1000 and model.in_chans == 3

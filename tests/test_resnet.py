@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import GlobalContext, MHSA2d, NonLocal2d, RelPosLogits, gc_block, se_block, snl_block
-from glocal.models.resnet import Bottleneck, CeilMaxPool
+from glocal.layers.bot import AbsPosMHSA2d
+from glocal.models.resnet import Bottleneck, CeilAvgPool2x2, CeilMaxPool
 from tests.conftest import perturb_
 
 
@@ -203,12 +204,21 @@ def test_senet_layout_stride_on_first_1x1_and_ceil_pool():
     assert tv.layer2[0].conv1.stride == (1, 1) and tv.layer2[0].conv2.stride == (2, 2)
 
 
+@pytest.mark.parametrize("size", [(14, 14), (13, 20), (7, 9)])
+def test_botnet_pool_rounds_up_like_its_shortcut(size):
+    x = torch.randn(2, 8, *size)
+    expected = torch.nn.AvgPool2d(2, 2, ceil_mode=True)(x)  # partial windows divided by their in-bounds count
+    torch.testing.assert_close(CeilAvgPool2x2()(x), expected)
+    shortcut = torch.nn.Conv2d(8, 8, 1, stride=2)(x)
+    assert expected.shape == shortcut.shape
+
+
 def test_botnet_structure():
     model = _meta("botnet50")
     mhsa = [m for m in model.modules() if isinstance(m, MHSA2d)]
     assert len(mhsa) == 3 and all(m.num_heads == 4 and m.head_dim == 128 for m in mhsa)
     assert mhsa[0].rel_pos.height.shape == (27, 128) and mhsa[1].rel_pos.width.shape == (13, 128)
-    assert isinstance(model.layer4[0].pool, torch.nn.AvgPool2d)
+    assert isinstance(model.layer4[0].pool, CeilAvgPool2x2)
     assert model.layer4[0].downsample[0].stride == (2, 2)
     assert all(not isinstance(m, MHSA2d) for m in model.layer3.modules())
     # At 1024 the first c5 block's tables cover 64x64 (127 rows), the others 32x32 (63 rows).
@@ -259,3 +269,35 @@ def test_ceil_max_pool_equals_ceil_mode_at_every_size():
         for w in (3, 4, 9, 12):
             x = torch.randn(2, 3, h, w)
             assert torch.equal(CeilMaxPool()(x), reference(x)), (h, w)
+
+
+def test_lj_mhsa_equals_its_formula():
+    # leaderj1001's MHSA written out: logits[i, j] = q_i . k_j + p_i . q_j, no scale, softmax over j.
+    torch.manual_seed(0)
+    mhsa = AbsPosMHSA2d(16, 2, (3, 5)).eval()
+    x = torch.randn(2, 16, 3, 5)
+    q, k, v = (F.conv2d(x, c.weight, c.bias).reshape(2, 2, 8, 15) for c in (mhsa.query, mhsa.key, mhsa.value))
+    pos = (mhsa.rel_h + mhsa.rel_w).reshape(1, 2, 8, 15)  # (1, heads, d, N): rows from rel_w, columns from rel_h
+    logits = torch.einsum("bhdi,bhdj->bhij", q, k) + torch.einsum("hdi,bhdj->bhij", pos[0], q)
+    expected = torch.einsum("bhij,bhdj->bhdi", logits.softmax(-1), v).reshape(2, 16, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(mhsa(x), expected)
+        # Another map size resamples the embeddings along their axis: at 6 x 10 every one is still used.
+        assert mhsa(torch.randn(1, 16, 6, 10)).shape == (1, 16, 6, 10)
+
+
+def test_botnet50_lj_loads_the_original_layout_at_any_size(tmp_path):
+    from glocal.weights.resnet import BOTNET_LJ
+
+    torch.manual_seed(0)
+    model = perturb_(glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=64)).eval()
+    theirs = BOTNET_LJ.from_glocal(model.state_dict(), model)
+    assert "layer4.0.conv2.0.rel_h" in theirs and "layer4.0.shortcut.0.bias" in theirs and "fc.1.weight" in theirs
+    assert "layer1.0.conv2.weight" in theirs  # plain 3x3 convs keep their names
+    torch.save(theirs, tmp_path / "lj.pth")
+    loaded = glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=64, checkpoint=tmp_path / "lj.pth")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+    larger = glocal.create_model("botnet50_lj", depths=(1, 1, 1, 2), img_size=128, checkpoint=tmp_path / "lj.pth")
+    assert larger.layer4[0].conv2.rel_w.shape == (1, 4, 128, 8, 1)

@@ -168,7 +168,7 @@ def test_last_normed_tap_equals_forward_features_patch_tokens():
     model = _tiny("t2t_vit_t_14")
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x, norm=True)
+        maps = model.forward_intermediates(x, norm=True, intermediates_only=True)
         tokens = model.forward_features(x)
     assert [m.shape for m in maps] == [(1, 32, 4, 6)] * 3
     torch.testing.assert_close(maps[-1], tokens[:, 1:].transpose(1, 2).reshape(1, 32, 4, 6))

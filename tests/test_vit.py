@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import glocal
 from glocal.analysis.complexity import count_params
 from glocal.layers import resample_tokens
-from glocal.models.vit import VisionTransformer, even_feature_blocks
+from glocal.models._plain import even_feature_blocks
+from glocal.models.vit import VisionTransformer
 from tests.conftest import perturb_
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2)
@@ -114,15 +115,15 @@ def test_default_taps_are_four_evenly_spaced_blocks():
     assert even_feature_blocks(24) == (5, 11, 17, 23)
     assert even_feature_blocks(3) == (0, 1, 2)
     model = _meta("vit_large_patch16_224")
-    assert [f.module for f in model.feature_info] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
-    assert {(f.num_chs, f.reduction) for f in model.feature_info} == {(1024, 16)}
+    assert model.feature_info.module_name() == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
+    assert set(zip(model.feature_info.channels(), model.feature_info.reduction(), strict=True)) == {(1024, 16)}
 
 
 def test_last_normed_tap_equals_forward_features_patch_tokens():
     model = _tiny()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x, norm=True)
+        maps = model.forward_intermediates(x, norm=True, intermediates_only=True)
         tokens = model.forward_features(x)
     assert [m.shape for m in maps] == [(1, 32, 4, 6)] * 3
     torch.testing.assert_close(maps[-1], tokens[:, 1:].transpose(1, 2).reshape(1, 32, 4, 6))
@@ -130,16 +131,15 @@ def test_last_normed_tap_equals_forward_features_patch_tokens():
 
 def test_chosen_feature_blocks_and_pruning():
     model = _tiny(feature_blocks=(0, 2))
-    assert [f.module for f in model.feature_info] == ["blocks.0", "blocks.2"]
+    assert model.feature_info.module_name() == ["blocks.0", "blocks.2"]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        first = model.forward_intermediates(x, [0], norm=True)[0]
-        assert model.prune_intermediate_layers([0], prune_norm=False) == [0]
+        first = model.forward_intermediates(x, [0], norm=True, intermediates_only=True)[0]
+        assert model.prune_intermediate_layers([0]) == [0]
         assert len(model.blocks) == 1 and isinstance(model.head, torch.nn.Identity)
-        torch.testing.assert_close(model.forward_intermediates(x, [0], norm=True)[0], first)
-        model.prune_intermediate_layers([0])
-        with pytest.raises(ValueError, match="pruned"):
-            model.forward_intermediates(x, [0], norm=True)
+        torch.testing.assert_close(model.forward_intermediates(x, [0], norm=True, intermediates_only=True)[0], first)
+        model.prune_intermediate_layers([0], prune_norm=True)
+        assert isinstance(model.norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="feature_blocks"):
         glocal.create_model("vit_tiny_patch16_224", feature_blocks=(5, 2))
 
@@ -148,3 +148,13 @@ def test_data_config_and_no_weight_decay():
     assert _meta("vit_base_patch16_384").data_config.input_size == (3, 384, 384)
     assert _meta("vit_base_patch16_384").data_config.crop_pct == 1.0
     assert _meta("vit_tiny_patch16_224").no_weight_decay() == {"pos_embed", "cls_token"}
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "t2t_vit_14"])
+def test_reset_classifier_uses_the_construction_init(name):
+    model = glocal.create_model(name, depth=1)
+    model.reset_classifier(5000)
+    weight = model.head.weight.detach()
+    # trunc-normal(0.02), zero bias: PyTorch's default would be uniform with std 1/sqrt(3 * 384) ~ 0.029.
+    assert abs(weight.std().item() - 0.02) < 0.001
+    assert torch.count_nonzero(model.head.bias) == 0

@@ -136,12 +136,15 @@ def test_mix_token_swaps_a_box_and_swaps_the_token_logits_back(monkeypatch):
     torch.testing.assert_close(aux, plain_aux)
 
 
-def test_any_size_multiple_of_16_and_pos_embed_resampling():
+def test_any_size_from_15_and_pos_embed_resampling():
     model = tiny(num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 80)).shape == (1, 3)
-        with pytest.raises(ValueError, match="multiples of 16"):
-            model(torch.randn(1, 3, 56, 64))
+        # 57 x 70: stem ceil(57 / 2) // 4 = 7 rows at stride 8 (odd: outlook attention pads), 3 at stride 16.
+        maps = model.forward_intermediates(torch.randn(1, 3, 57, 70), intermediates_only=True)
+        assert maps[0].shape[2:] == (7, 8) and maps[-1].shape[2:] == (3, 4)
+        with pytest.raises(ValueError, match="at least 15"):
+            model(torch.randn(1, 3, 14, 64))
     big = tiny(num_classes=3, img_size=(384, 320))
     assert big.pos_embed.shape == (1, 24, 20, 96)
     adapted = big.adapt_state_dict(dict(model.state_dict()))
@@ -164,12 +167,12 @@ def test_pyramid_and_pruning():
     model = tiny().eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
-        normed = model.forward_intermediates(x, indices=[-1], norm=True)
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
     assert [tuple(m.shape) for m in maps] == [(1, 64, 8, 12)] + [(1, 96, 4, 6)] * 3
     assert normed[0].shape == (1, 96, 4, 6)
     pyramid = glocal.create_model("volo_d1_224", **TINY, features_only=True, out_indices=(0,))
     assert pyramid.backbone.pos_embed is None and len(pyramid.backbone.network) == 1
     assert [tuple(m.shape) for m in pyramid(x)] == [(1, 64, 8, 12)]
     normed = FeaturePyramid(tiny(), out_indices=(-1,), norm=True)
-    assert normed.backbone.norm is not None and normed(x)[0].shape == (1, 96, 4, 6)
+    assert isinstance(normed.backbone.norm, torch.nn.LayerNorm) and normed(x)[0].shape == (1, 96, 4, 6)

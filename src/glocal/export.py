@@ -3,7 +3,7 @@
 Every model's ``forward`` is written for export (no einops, no data-dependent Python branches on traced values), so
 one path serves all families. ONNX goes through the dynamo exporter (``torch.onnx.export(dynamo=True)``, needs the
 ``export`` extra: onnx, onnxscript); the dynamic height and width are declared as multiples of the model's
-``input_divisor`` from 64 px up (below that the last stage of a stride-32 model is 1x1, which the exporter
+``export_divisor`` from 64 px up (below that the last stage of a stride-32 model is 1x1, which the exporter
 specialises), so the exported graph accepts every size from 64 to 4096 that the model accepts; a smaller example
 raises ``ValueError`` saying so (export it with ``dynamic=False``). The exporters' own progress messages and logs
 (thousands of lines for a large model) are silenced; :func:`max_export_diff` runs an exported graph (onnxruntime,
@@ -51,7 +51,7 @@ def example_input(model: nn.Module, size: tuple[int, int] | None = None, batch_s
 
 def min_dynamic_size(model: nn.Module) -> int:
     """The smallest height and width of an example input for an export with dynamic sizes."""
-    step = max(model.input_divisor, 1)
+    step = model.export_divisor
     return step * -(-max(model.min_input_size, _MIN_DYNAMIC_SIZE) // step)
 
 
@@ -63,7 +63,7 @@ def _dynamic_shapes(model: nn.Module, x: torch.Tensor) -> dict:
             f"for {type(model).__name__} (smaller sizes are specialised by the exporter); got "
             f"{tuple(x.shape)}. Export with a larger example, or with a fixed size (dynamic=False, --static)"
         )
-    step = max(model.input_divisor, 1)
+    step = model.export_divisor
     height = torch.export.Dim("height", min=low // step, max=4096 // step)
     width = torch.export.Dim("width", min=low // step, max=4096 // step)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -48,7 +48,7 @@ def create_model(
     ``overrides`` naming fields of the family's config change the architecture (``depths=(2, 2, 2, 2)``,
     ``block_attn="gc"``); the model's run-time keyword arguments (``drop_path_rate``, ``img_size``...) pass through.
     Anything else raises ``TypeError`` listing the valid names. ``features_only`` returns a
-    :class:`~glocal.models._features.FeaturePyramid` over ``out_indices`` (default: every tap).
+    :class:`~glocal.models._features.FeaturePyramid` over ``out_indices`` (default: the family's, as timm's).
 
     ``checkpoint`` loads weights: a glocal folder, a training state (``last.pt``), an official or timm file of any
     supported layout (``layout`` names one instead of detecting it), or a :class:`~glocal.weights.Checkpoint` from

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ModelEntry", "PaperFigures", "register_model", "get_entry", "list_models", "model_info"]
@@ -45,11 +45,9 @@ class ModelEntry:
     config_fn: Callable[[], Any]
     paper: PaperFigures
     input_size: tuple[int, int, int] = (3, 224, 224)
-    dynamic_size: bool = True
     # A regression snapshot of our own parameter count, reviewed against the official code's; equals paper.params
     # when the paper gives an exact integer.
     pinned_params: int | None = None
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
     def config(self) -> Any:
         return self.config_fn()
@@ -64,7 +62,6 @@ def register_model(
     family: str,
     paper: PaperFigures,
     input_size: tuple[int, int, int] = (3, 224, 224),
-    dynamic_size: bool = True,
     pinned_params: int | None = None,
 ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     """Decorator registering a config function under its own name."""
@@ -82,7 +79,6 @@ def register_model(
             config_fn=fn,
             paper=paper,
             input_size=input_size,
-            dynamic_size=dynamic_size,
             pinned_params=pinned_params
             if pinned_params is not None
             else (paper.params if paper.exact_params else None),
@@ -123,5 +119,4 @@ def model_info(name: str) -> dict[str, Any]:
         "top1": entry.paper.top1,
         "source": entry.paper.source,
         "input_size": entry.input_size,
-        "dynamic_size": entry.dynamic_size,
     }

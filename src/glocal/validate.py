@@ -196,7 +196,7 @@ def _single_value_maps(model: nn.Module, x: torch.Tensor) -> bool:
     info = getattr(model, "feature_info", None)
     if not info:
         return False
-    reduction = max(tap.reduction for tap in info)
+    reduction = max(t["reduction"] for t in info.info)
     return math.ceil(x.shape[-2] / reduction) * math.ceil(x.shape[-1] / reduction) == 1
 
 
@@ -211,7 +211,9 @@ def _check_activation_memory(model: nn.Module, x: torch.Tensor) -> None:
     if not info or x.device.type != "cpu" or x.ndim != 4:
         return
     batch, _, height, width = x.shape
-    largest = max(tap.num_chs * math.ceil(height / tap.reduction) * math.ceil(width / tap.reduction) for tap in info)
+    largest = max(
+        t["num_chs"] * math.ceil(height / t["reduction"]) * math.ceil(width / t["reduction"]) for t in info.info
+    )
     needed = 3 * batch * largest * x.element_size()
     available = _available_bytes()
     if available is not None and needed > available:

@@ -15,6 +15,7 @@ class attention        2 (N+1) C^2 + 2 C^2 + 2 (N+1) C              linear: one 
 T2T token attention    3 N c C + 2 N^2 C + N C^2                    quadratic, one head, width c -> C
 T2T Performer layer    3 N c C + 4 N m C + N m + 3 N C^2            linear, m random features (+ its MLP)
 BoT MHSA2d             3 N C^2 + 2 N^2 C + N (H + W) C              quadratic, plus relative logits
+BoT, absolute (lj)     3 N C^2 + 3 N^2 C                            quadratic, plus position-content logits
 non-local (NL)         N C C' + 2 N' C C' + 2 N N' C' + N C' C      quadratic (N' keys: N, or N/4 pooled)
 simplified NL (SNL)    2 N C + C^2                                  linear, query-independent (GCNet)
 GC, ratio r            2 N C + 2 r C^2                              linear, query-independent (GCNet)
@@ -35,7 +36,7 @@ from torch import nn
 
 from glocal.analysis.complexity import module_macs
 from glocal.layers.attention import MultiHeadAttention
-from glocal.layers.bot import MHSA2d
+from glocal.layers.bot import AbsPosMHSA2d, MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
 from glocal.models.t2t_vit import TokenAttention, TokenPerformer
@@ -45,6 +46,7 @@ from glocal.models.volo import ClassAttention, OutlookAttention
 __all__ = [
     "AttentionCost",
     "attention_costs",
+    "abs_bot_mhsa_macs",
     "bot_mhsa_macs",
     "class_attention_macs",
     "context_macs",
@@ -121,6 +123,13 @@ def bot_mhsa_macs(height: int, width: int, dim: int) -> int:
     relative logits (each query against H height and W width offsets)."""
     tokens = height * width
     return 3 * tokens * dim * dim + 2 * tokens * tokens * dim + tokens * (height + width) * dim
+
+
+def abs_bot_mhsa_macs(height: int, width: int, dim: int) -> int:
+    """leaderj1001's BoT MHSA: biased q, k, v 1x1 convs (biases are additions), the two attention products and the
+    content-position product (every position vector against every query)."""
+    tokens = height * width
+    return 3 * tokens * dim * dim + 3 * tokens * tokens * dim
 
 
 def nl_macs(height: int, width: int, dim: int, ratio: float = 0.5, subsample: bool = False) -> int:
@@ -233,6 +242,12 @@ def _performer(module: TokenPerformer, args: CallArgs) -> tuple[str, int]:
     _, tokens, in_dim = args[0]  # (B, N, c)
     m = module.num_random_features
     return f"N={tokens} c={in_dim} C={module.out_dim} m={m}", performer_macs(tokens, in_dim, module.out_dim, m)
+
+
+@register_analytic(AbsPosMHSA2d, "BoT MHSA2d, absolute positions")
+def _abs_bot(module: AbsPosMHSA2d, args: CallArgs) -> tuple[str, int]:
+    _, dim, height, width = args[0]
+    return f"{height}x{width} C={dim}", abs_bot_mhsa_macs(height, width, dim)
 
 
 @register_analytic(MHSA2d, "BoT MHSA2d")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import inspect
 import math
 import statistics
 import time
@@ -35,7 +34,6 @@ from glocal.analysis.complexity import count_macs, count_params, count_train_mac
 from glocal.backends import cpu as cpu_backend
 from glocal.factory import create_model
 from glocal.optimize import optimize_for_inference
-from glocal.registry import get_entry
 from glocal.runtime import release_freed_memory
 
 __all__ = ["BenchRecord", "bench_model", "fit_scaling", "matmul_peak_tflops", "plot_scaling"]
@@ -156,11 +154,8 @@ def _memory_meter(device: str):
 
 
 def _build(name: str, img_size: int, device: str) -> torch.nn.Module:
-    entry = get_entry(name)
-    kwargs = {}
-    if "img_size" in inspect.signature(entry.model_cls.__init__).parameters:
-        kwargs["img_size"] = img_size
-    model = create_model(name, **kwargs).to(device)
+    """The model built for ``img_size`` (a config field of every family), on the CPU backend when on CPU."""
+    model = create_model(name, img_size=img_size).to(device)
     return cpu_backend.use_by_default(model) if device == "cpu" else model
 
 

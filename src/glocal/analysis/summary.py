@@ -36,7 +36,7 @@ class ModelSummary:
 
 
 def _non_square_size(model) -> tuple[int, int]:
-    div = max(model.input_divisor, 32)
+    div = max(model.export_divisor, 32)
     h = max(model.min_input_size, 128)
     h = -(-h // div) * div
     return h, h + 2 * div
@@ -57,7 +57,7 @@ def summarize(name: str, *, forward: bool = False) -> ModelSummary:
         paper_gmacs=entry.paper.gmacs,
         top1=entry.paper.top1,
         input_size=entry.input_size,
-        taps=[(f.num_chs, f.reduction) for f in meta_model.feature_info],
+        taps=list(zip(meta_model.feature_info.channels(), meta_model.feature_info.reduction(), strict=True)),
         config=dataclasses.asdict(meta_model.cfg),
         source=entry.paper.source,
     )

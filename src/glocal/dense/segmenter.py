@@ -59,18 +59,18 @@ class PyramidBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, sfp_channels: int = 256) -> None:
         super().__init__()
-        reductions = [f.reduction for f in backbone.feature_info]
-        self.input_divisor = math.lcm(backbone.input_divisor, 32)
+        reductions = backbone.feature_info.reduction()
+        self.input_divisor = math.lcm(backbone.export_divisor, 32)
         self.min_input_size = backbone.min_input_size
         self.plain = reductions[-1] != 32
         if self.plain:
             self.body = FeaturePyramid(backbone, [len(reductions) - 1])
-            self.sfp = SimpleFeaturePyramid(backbone.feature_info[-1].num_chs, reductions[-1], sfp_channels)
+            self.sfp = SimpleFeaturePyramid(backbone.feature_info.channels()[-1], reductions[-1], sfp_channels)
             self.channels = [sfp_channels] * 4
         else:
             taps = [reductions.index(s) for s in (4, 8, 16, 32)]
             self.body = FeaturePyramid(backbone, taps)
-            self.channels = [backbone.feature_info[i].num_chs for i in taps]
+            self.channels = [backbone.feature_info.channels()[i] for i in taps]
             self.sfp = None
         self.stage_norms = (
             nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels) if isinstance(backbone, Twins) else None

@@ -12,6 +12,14 @@ Papers and the code each variant is faithful to:
 * Simplified NL, GCNet Section 3.3: at the same place as the NL block.
 * BoTNet, Srinivas et al., arXiv 2101.11605; the authors' TF gist (BoT50): the three 3x3 convs of c5 become MHSA with
   4 heads and 2-D relative position logits; the first c5 block attends at stride 16 and then average-pools 2x2.
+* ``botnet50_lj``: leaderj1001/BottleneckTransformers ``model.py`` ``ResNet50``, the PyTorch code BoTNet write-ups
+  point to, whose MHSA differs from the paper (:class:`~glocal.layers.bot.AbsPosMHSA2d`: biased q/k/v convs,
+  per-head absolute row/column embeddings in a content-position term, no d^-0.5 scale) and whose projection
+  shortcuts carry a bias. 20,875,560 parameters and its logits under its state dict (layout
+  ``bottleneck-transformers-lj``, loadable by ``checkpoint=``). Deviations: any input size (its embeddings are
+  resampled to the map seen; the original only runs at the size it was built for); its ``Dropout(0.3)`` before
+  ``fc`` is the run-time ``drop_rate`` (default 0; pass ``drop_rate=0.3`` for its recipe); convs start from glocal's
+  He-normal init rather than PyTorch's default.
 
 Block attention is data: ``block_attn`` ('se' | 'gc' | 'nl' | 'snl') with stages, blocks, position, ratio,
 pooling, fusion and norm as config fields, each ``None`` meaning the paper's choice for that block (see
@@ -24,6 +32,8 @@ Deliberate deviations:
   linearly resampled over relative offsets when a forward pass sees another size; the gist supports one fixed size.
 * The simplified NL block's transform starts at zero (identity block), following GC's last-zero init; the paper
   gives no initialisation for it.
+* BoTNet's strided MHSA block pools 2x2 rounding up (the official gist's ``AvgPool2D`` at odd maps would not
+  match its shortcut), so any input size works; at even stride-16 maps (every multiple of 32) it is the plain pool.
 * BoTNet's 1x1 shortcut is the torchvision projection (1x1 conv with stride, BN), the attention being the only change.
 * The official SENet takes BGR Caffe inputs with mean subtraction only; glocal's data config uses RGB with ImageNet
   mean/std like timm's port of the same weights.
@@ -39,11 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocal.layers.bot import MHSA2d
+from glocal.layers.bot import AbsPosMHSA2d, MHSA2d
 from glocal.layers.context import GlobalContext
 from glocal.layers.non_local import NonLocal2d
 from glocal.layers.rel_pos import resample_table
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["BLOCK_ATTN_DEFAULTS", "Bottleneck", "ResNet", "ResNetConfig"]
@@ -82,8 +92,14 @@ class ResNetConfig:
     # Stages whose 3x3 convs become multi-head self-attention (BoTNet: (5,)).
     bot_stages: tuple[int, ...] = ()
     bot_heads: int = 4
+    # 'relative': the paper's MHSA (TF gist, 2-D relative logits); 'absolute': leaderj1001/BottleneckTransformers'.
+    bot_mhsa: str = "relative"
+    # Biased 1x1 projection shortcuts (leaderj1001's code); torchvision's have no bias (a BN follows).
+    shortcut_bias: bool = False
     # Zero-init the last BN of every block (Goyal et al.); BoTNet's blocks start so.
     zero_init_last: bool = False
+    # The input size BoTNet's position tables are built for (other sizes resample them) and the data config's.
+    img_size: int | tuple[int, int] = 224
 
 
 # The paper's choice for every unset attn_* field, per block kind.
@@ -160,8 +176,10 @@ def _resolve_block_attn(cfg: ResNetConfig) -> _BlockAttn | None:
     return _BlockAttn(kind=cfg.block_attn, subsample=cfg.nl_subsample, **resolved)
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+def _conv_bn(
+    in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, bias: bool = False
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
     return conv, nn.BatchNorm2d(out_chs)
 
 
@@ -173,6 +191,16 @@ class CeilMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), kernel_size=3, stride=2)
+
+
+class CeilAvgPool2x2(nn.Module):
+    """2x2 stride-2 average pooling that rounds up, as the strided 1x1 shortcut does (``ceil(H / 2)``): a replicated
+    last row and column, then a floor-mode pool. Where ``ceil_mode=True`` adds a partial window (its divisor being
+    the in-bounds count) the copies average to the same value; an even map drops the pad unused, so it equals
+    ``nn.AvgPool2d(2, 2)`` there. A static pad keeps graphs with dynamic sizes free of a branch on the parity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), kernel_size=2, stride=2)
 
 
 class Bottleneck(nn.Module):
@@ -195,7 +223,9 @@ class Bottleneck(nn.Module):
         context: nn.Module | None = None,
         context_after_add: bool = False,
         mhsa_heads: int | None = None,
+        mhsa_layer: type[nn.Module] = MHSA2d,
         feat_size: tuple[int, int] = (14, 14),
+        shortcut_bias: bool = False,
     ) -> None:
         super().__init__()
         out_chs = width * self.expansion
@@ -205,13 +235,15 @@ class Bottleneck(nn.Module):
             self.conv2, self.bn2 = _conv_bn(width, width, 3, stride_3x3)
             self.pool = nn.Identity()
         else:
-            self.conv2 = MHSA2d(width, mhsa_heads, feat_size)
-            self.pool = nn.AvgPool2d(2, 2) if stride_3x3 == 2 else nn.Identity()
+            self.conv2 = mhsa_layer(width, mhsa_heads, feat_size)
+            self.pool = CeilAvgPool2x2() if stride_3x3 == 2 else nn.Identity()
             self.bn2 = nn.BatchNorm2d(width)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
-            nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride)) if stride != 1 or in_chs != out_chs else None
+            nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride, bias=shortcut_bias))
+            if stride != 1 or in_chs != out_chs
+            else None
         )
         self.context = context
         self.context_after_add = context_after_add
@@ -231,7 +263,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Backbone):
-    """Bottleneck ResNet with pluggable block attention; torchvision's module names (``layer1``..``layer4``, ``fc``)."""
+    """Bottleneck ResNet with pluggable block attention; torchvision's module names (``layer1``..``layer4``, ``fc``).
+
+    Input sizes: any H, W >= 1 (>= 3 with SENet's unpadded 3x3 stem pool), square or not: each stride-2 conv and
+    pool rounds up, as torchvision's (the SENet stem's ceil-mode pool too), so stage i's map is ``ceil(H / 2^(i+1))``.
+    BoTNet's strided MHSA block pools 2x2 rounding up like its shortcut (:class:`CeilAvgPool2x2`), and its relative
+    tables are resampled to the map seen.
+    """
 
     first_conv = "conv1"
     classifier = ("fc",)
@@ -242,32 +280,32 @@ class ResNet(Backbone):
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
-        img_size: int | tuple[int, int] = 224,
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         if len(cfg.depths) != 4 or len(cfg.widths) != 4:
             raise ValueError(f"a ResNet has 4 stages: got depths={cfg.depths}, widths={cfg.widths}")
         if not set(cfg.bot_stages) <= {2, 3, 4, 5}:
             raise ValueError(f"bot_stages are numbered 2..5 (c2..c5), got {cfg.bot_stages}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        img_size = to_2tuple(img_size)
+        mhsa_layers = {"relative": MHSA2d, "absolute": AbsPosMHSA2d}
+        if cfg.bot_mhsa not in mhsa_layers:
+            raise ValueError(f"bot_mhsa must be one of {sorted(mhsa_layers)}, got {cfg.bot_mhsa!r}")
+        img_size = self.img_size
         block_attn = _resolve_block_attn(cfg)
-        # BoT's first c5 block attends at stride 16 and average-pools; sizes must keep that pooling exact.
-        self.input_divisor = 32 if cfg.bot_stages else 1
 
         self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.relu = nn.ReLU(inplace=True)
+        self.min_input_size = 3 if cfg.stem_pool_ceil else 1
+        self.export_divisor = 32 if cfg.bot_stages else 1  # BoT's tables are sized for an even stride-16 map
         if cfg.stem_pool_ceil:
             self.maxpool = CeilMaxPool()
         else:
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         in_chs, reduction = cfg.stem_width, 4
-        self.feature_info = []
+        # timm's taps: the stem's activation (stride 2), then c2..c5.
+        taps = [tap(cfg.stem_width, 2, "relu")]
         for index, (depth, width) in enumerate(zip(cfg.depths, cfg.widths, strict=True)):
             stage = index + 2
             stride = 1 if index == 0 else 2
@@ -292,13 +330,16 @@ class ResNet(Backbone):
                         context=context,
                         context_after_add=block_attn is not None and block_attn.position == "after_add",
                         mhsa_heads=cfg.bot_heads if stage in cfg.bot_stages else None,
+                        mhsa_layer=mhsa_layers[cfg.bot_mhsa],
                         feat_size=feat_size,
+                        shortcut_bias=cfg.shortcut_bias,
                     )
                 )
                 in_chs = width * Bottleneck.expansion
             reduction *= stride
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(FeatureInfo(num_chs=in_chs, reduction=reduction, module=f"layer{index + 1}"))
+            taps.append(tap(in_chs, reduction, f"layer{index + 1}"))
+        self.feature_info = FeatureInfo(taps)
 
         self.num_features = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -317,7 +358,7 @@ class ResNet(Backbone):
         for m in self.modules():
             if isinstance(m, Bottleneck) and self.cfg.zero_init_last:
                 nn.init.zeros_(m.bn3.weight)
-            if isinstance(m, (GlobalContext, NonLocal2d, MHSA2d)):
+            if isinstance(m, (GlobalContext, NonLocal2d, MHSA2d, AbsPosMHSA2d)):
                 m.init_weights()
 
     @property
@@ -338,35 +379,38 @@ class ResNet(Backbone):
         x = self.drop(self.global_pool(x).flatten(1))  # (B, num_features)
         return x if pre_logits else self.fc(x)
 
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        x = self.stem(x)
-        out = []
-        for i, stage in enumerate(self.stages[: taps[-1] + 1]):
+    def _intermediates(self, x, taps, *, norm, stop_early):
+        """Taps: 0 the stem's activation (B, 64, H/2, W/2), 1..4 the stages c2..c5; ``norm`` has nothing to apply."""
+        x = self.relu(self.bn1(self.conv1(self.prepare_input(x))))  # (B, 64, H/2, W/2)
+        maps = [x] if 0 in taps else []
+        last = taps[-1] if stop_early else len(self.feature_info) - 1
+        if last > 0:
+            x = self.maxpool(x)  # (B, 64, H/4, W/4)
+        for i, stage in enumerate(self.stages[:last], start=1):
             x = stage(x)
             if i in taps:
-                out.append(x)
-        return out
+                maps.append(x)
+        return x, maps
 
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        for i in range(taps[-1] + 1, 4):
-            delattr(self, f"layer{i + 1}")
-        self.fc = nn.Identity()
-        self.global_pool = nn.Identity()
-        return taps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = self._make_head(num_classes)
+    def _prune_after(self, last_tap: int) -> None:
+        for i in range(last_tap + 1, 5):
+            delattr(self, f"layer{i}")
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Resample BoTNet relative-position tables saved for another input size to this model's tables."""
+        """Resample BoTNet position tables saved for another input size to this model's tables: relative tables
+        over offsets, leaderj1001's absolute ``rel_h`` (columns) and ``rel_w`` (rows) linearly along their axis."""
         own = self.state_dict()
         out = dict(state_dict)
         for key, value in state_dict.items():
-            if key.endswith((".rel_pos.height", ".rel_pos.width")) and key in own and value.shape != own[key].shape:
+            if key not in own or value.shape == own[key].shape:
+                continue
+            if key.endswith((".rel_pos.height", ".rel_pos.width")):
                 out[key] = resample_table(value, (own[key].shape[0] + 1) // 2)
+            elif key.endswith((".conv2.rel_h", ".conv2.rel_w")):
+                size = own[key].shape[-2:]
+                out[key] = F.interpolate(value.flatten(1, 2), size=size, mode="bilinear", align_corners=False).reshape(
+                    own[key].shape
+                )
         return out
 
 
@@ -376,6 +420,10 @@ _TV = "torchvision resnet; He et al. 2016 README (1-crop top-1); GMACs measured 
 _SE = "hujie-frank/SENet README (retrained top-1); params/GMACs measured on the official prototxt layout"
 _GC = "GCNet paper Table 1 (77.70 top-1, 4.13 GFLOPs, 28.08M); official ContextBlock, stage_with_gcb=(F,T,T,T)"
 _NL = "video-nonlocal-net embedded Gaussian, 1 block before the last c4 block (GCNet's setting); measured figures"
+_LJ = (
+    "leaderj1001/BottleneckTransformers model.py ResNet50; params and GMACs (torch FlopCounter, 224) counted on it; "
+    "no released weights or top-1"
+)
 _BOT = "BoTNet paper (BoT50, 20.8M); official TF gist, measured 4.03 GMACs; no ImageNet top-1 for BoT50 at 224"
 
 
@@ -431,3 +479,8 @@ def snlresnet50() -> ResNetConfig:
                 pinned_params=20_852_008)  # fmt: skip
 def botnet50() -> ResNetConfig:
     return ResNetConfig(depths=_R50, bot_stages=(5,), zero_init_last=True)
+
+
+@register_model(ResNet, family="resnet", paper=PaperFigures(20_875_560, exact_params=True, gmacs=4.04, source=_LJ))
+def botnet50_lj() -> ResNetConfig:
+    return ResNetConfig(depths=_R50, bot_stages=(5,), bot_mhsa="absolute", shortcut_bias=True)

@@ -24,7 +24,7 @@ random features (Choromanski et al., arXiv 2009.14794): it never forms an attent
 analyses do not see it. Its random features ``w`` are fixed: a frozen parameter, saved with the weights (official
 checkpoints carry theirs) and drawn from ``random_feature_seed``, independently of the global RNG.
 
-The backbone is a ViT (:class:`~glocal.models.vit.PlainTransformer`): class token, a **fixed sinusoidal** position
+The backbone is a ViT (:class:`~glocal.models._plain.PlainTransformer`): class token, a **fixed sinusoidal** position
 table (a frozen parameter over the class token and the flattened patch index, as the official code), pre-norm
 blocks without qkv bias, LayerNorm eps 1e-5, the class token into the head.
 
@@ -34,8 +34,9 @@ and nothing but the config changes the numerics.
 
 Deliberate deviations:
 
-* Re-structurization reshapes to the real (H/4, W/4) and (H/8, W/8) computed from the input size; the official code
-  takes the square root of the token count, so it only accepts square inputs.
+* Re-structurization reshapes to the soft splits' real grids computed from the input size, so any H, W >= 3 runs
+  (:class:`T2TViT`); the official code takes the square root of the token count, so it only accepts square inputs
+  (where it runs, the grids are the same).
 * At a grid other than the configured one the sinusoidal table is built for that grid (1 + h*w positions), as the
   official code does when constructed for that size; its ``resize_pos_embed`` utility interpolates the stored table
   instead. :meth:`T2TViT.adapt_state_dict` rebuilds a checkpoint's table for the configured grid.
@@ -56,10 +57,11 @@ import torch
 from torch import nn
 
 from glocal.layers.attention import attend
+from glocal.layers.heads import split_heads
 from glocal.layers.mlp import Mlp
 from glocal.layers.probe import AttentionProbe
 from glocal.models._base import DataConfig
-from glocal.models.vit import PlainTransformer
+from glocal.models._plain import PlainTransformer
 from glocal.registry import PaperFigures, register_model
 
 __all__ = [
@@ -119,9 +121,7 @@ class TokenAttention(nn.Module):
         self.probe = AttentionProbe()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, 1, self.out_dim).permute(2, 0, 3, 1, 4)  # (3, B, 1, N, out_dim)
-        q, k, v = qkv.unbind(0)  # each (B, 1, N, out_dim)
+        q, k, v = split_heads(self.qkv(x), 1, parts=3).unbind(0)  # each (B, 1, N, out_dim)
         y = attend(
             q, k, v, probe=self.probe, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0
         )  # (B, 1, N, out_dim)
@@ -225,14 +225,17 @@ class TokensToToken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         B, _, H, W = x.shape
-        x = self.soft_split0(x).transpose(1, 2)  # (B, H/4 * W/4, C_in*49)
-        x = self.attention1(x)  # (B, H/4 * W/4, token_dim)
-        x = x.transpose(1, 2).reshape(B, -1, H // 4, W // 4)  # (B, token_dim, H/4, W/4)
-        x = self.soft_split1(x).transpose(1, 2)  # (B, H/8 * W/8, token_dim*9)
-        x = self.attention2(x)  # (B, H/8 * W/8, token_dim)
-        x = x.transpose(1, 2).reshape(B, -1, H // 8, W // 8)  # (B, token_dim, H/8, W/8)
-        x = self.soft_split2(x).transpose(1, 2)  # (B, H/16 * W/16, token_dim*9)
-        return self.project(x), (H // T2T_STRIDE, W // T2T_STRIDE)  # (B, H/16 * W/16, embed_dim)
+        # The soft splits' output grids: (H - 3) // 4 + 1, then ceil(h / 2) twice (H / 4, 8, 16 at multiples of 16).
+        h4, w4 = (H - 3) // 4 + 1, (W - 3) // 4 + 1
+        h8, w8 = (h4 + 1) // 2, (w4 + 1) // 2
+        x = self.soft_split0(x).transpose(1, 2)  # (B, h4 * w4, C_in*49)
+        x = self.attention1(x)  # (B, h4 * w4, token_dim)
+        x = x.transpose(1, 2).reshape(B, -1, h4, w4)  # (B, token_dim, h4, w4)
+        x = self.soft_split1(x).transpose(1, 2)  # (B, h8 * w8, token_dim*9)
+        x = self.attention2(x)  # (B, h8 * w8, token_dim)
+        x = x.transpose(1, 2).reshape(B, -1, h8, w8)  # (B, token_dim, h8, w8)
+        x = self.soft_split2(x).transpose(1, 2)  # (B, h16 * w16, token_dim*9)
+        return self.project(x), ((h8 + 1) // 2, (w8 + 1) // 2)  # (B, h16 * w16, embed_dim)
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,10 @@ class T2TConfig:
 
 
 class T2TViT(PlainTransformer):
-    """T2T-ViT: (B, in_chans, H, W) with H, W multiples of 16 -> logits (B, num_classes)."""
+    """T2T-ViT: (B, in_chans, H, W) -> logits (B, num_classes); any H, W >= 3 (one 7x7 soft-split window).
+
+    The soft splits' grids are (H - 3) // 4 + 1, then rounded-up halves (the padded stride-2 unfolds): H / 16 at
+    multiples of 16, 84 x 84 tokens at 1333 x 1333."""
 
     classifier = ("head",)
 
@@ -273,8 +279,9 @@ class T2TViT(PlainTransformer):
         performer_drop_rate: float = 0.1,
         feature_blocks: tuple[int, ...] | list[int] | None = None,
     ) -> None:
-        super().__init__()
-        img_size = self._init_grid(cfg, in_chans, T2T_STRIDE)
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
+        img_size = self._init_grid(T2T_STRIDE)
+        self.min_input_size = 3  # one 7x7 soft-split window (padding 2)
         self.tokens_to_token = TokensToToken(
             in_chans,
             cfg.embed_dim,

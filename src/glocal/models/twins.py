@@ -23,12 +23,12 @@ gives the orders):
   ``2 (N / r^2) C^2`` (kv), plus attention ``2 N (N / r^2) C``, i.e. O(H^2 W^2 d / (k1 k2)) with k1 k2 = r^2 in the
   paper: quadratic in N at a fixed ratio. With r = 1 (no sub-sampling) it is global attention, ``2 N^2 C``.
 
-Input sizes: heights and widths must be multiples of :attr:`Twins.input_divisor`, the least common multiple of every
-stage's total stride times its sub-sampling ratio (32 for all six variants: 4x8, 8x4, 16x2, 32x1), so that every patch
-embedding and every GSA sub-sampling conv tiles the map exactly; the smallest accepted size is that divisor (32 x 32, a
-single token at stride 32 and a single sub-sampled key in every GSA). LSA pads a map that is not a multiple of its
-window and masks the padded keys, so the output at every real position equals attention over the real tokens of its
-window only.
+Input sizes: any height and width of at least :attr:`Twins.min_input_size` (32 for all six variants), square or
+not, as the official code: every patch embedding and every GSA sub-sampling conv floors (200 x 264 gives stage maps
+50 x 66, 25 x 33, 12 x 16 and 6 x 8, and 6 x 8 keys in every GSA), and LSA pads and masks where its window does not
+divide the map. The minimum is the smallest side whose floored stage maps still cover every GSA's r x r sub-sampling
+conv (stage 1: H/4 >= 8) and leave stage 4 one token; below it the official code fails inside a conv, glocal raises
+a ``ValueError``. ``tests/test_twins.py`` checks logits against the official code at 200 x 264 and 224 x 224.
 
 Deliberate deviations from the official code:
 
@@ -57,9 +57,10 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend
 from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
+from glocal.layers.heads import head_dim, merge_heads, split_heads
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = [
@@ -134,8 +135,9 @@ class GlobalSubsampledAttention(nn.Module):
     Tokens (B, H*W, C) with their grid size (H, W) -> (B, H*W, C). Queries stay at full resolution. With
     ``sr_ratio > 1`` the map is reduced by a ``sr_ratio`` x ``sr_ratio`` conv of the same stride followed by its own
     LayerNorm (default eps 1e-5, as in the official code); with ``sr_ratio == 1`` neither module exists and this is
-    plain global attention (separate ``q`` and ``kv`` projections keep the official parameter names). H and W must be
-    multiples of ``sr_ratio`` (the model's ``check_input`` guarantees it).
+    plain global attention (separate ``q`` and ``kv`` projections keep the official parameter names). The conv floors
+    as in the official code: a map that is not a multiple of ``sr_ratio`` loses its last rows and columns for the
+    keys only; it must be at least ``sr_ratio`` on each side (the model's ``check_input`` guarantees it).
     """
 
     def __init__(
@@ -149,10 +151,8 @@ class GlobalSubsampledAttention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.scale = self.head_dim**-0.5
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
@@ -170,15 +170,14 @@ class GlobalSubsampledAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+        q = split_heads(self.q(x), self.num_heads)  # (B, heads, N, head_dim)
         if self.sr is not None:
             x = x.transpose(1, 2).reshape(B, C, size[0], size[1])  # (B, C, H, W)
             x = self.sr(x).flatten(2).transpose(1, 2)  # (B, N / sr^2, C)
             x = self.norm(x)
-        kv = self.kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, heads, Nk, hd)
-        k, v = kv.unbind(0)  # each (B, heads, Nk, head_dim)
+        k, v = split_heads(self.kv(x), self.num_heads, parts=2).unbind(0)  # each (B, heads, Nk, head_dim)
         x = attend(q, k, v, probe=self.probe, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = merge_heads(x)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -213,6 +212,8 @@ class TwinsConfig:
     # Stride of the first patch embedding; later stages halve the map with 2x2 patches.
     patch_size: int = 4
     qkv_bias: bool = True
+    # The data config's input size (Twins has no size-dependent parameter).
+    img_size: int | tuple[int, int] = 224
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -231,6 +232,12 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _min_side(cfg: TwinsConfig) -> int:
+    """The smallest image side whose floored stage maps (side // reduction_i) are at least every GSA's sub-sampling
+    ratio and 1 at the last stage: max_i(sr_i * reduction_i)."""
+    return max(max(sr, 1) * cfg.patch_size * 2**i for i, sr in enumerate(cfg.sr_ratios))
+
+
 class Twins(Backbone):
     """Twins-PCPVT / Twins-SVT: four stages of conv patch embedding, transformer blocks and a PEG.
 
@@ -241,6 +248,7 @@ class Twins(Backbone):
 
     first_conv = "patch_embeds.0.proj"
     classifier = ("head",)
+    final_norm = "norm"
 
     def __init__(
         self,
@@ -248,12 +256,11 @@ class Twins(Backbone):
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
-        img_size: int | tuple[int, int] = 224,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         num_stages = len(cfg.depths)
         per_stage = {"embed_dims": cfg.embed_dims, "num_heads": cfg.num_heads, "mlp_ratios": cfg.mlp_ratios}
         per_stage["sr_ratios"] = cfg.sr_ratios
@@ -262,20 +269,17 @@ class Twins(Backbone):
         wrong = {k: v for k, v in per_stage.items() if len(v) != num_stages}
         if wrong:
             raise ValueError(f"every per-stage field needs {num_stages} entries (depths={cfg.depths}), got {wrong}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        img_size = to_2tuple(img_size)
+        img_size = self.img_size
 
         reductions = [cfg.patch_size * 2**i for i in range(num_stages)]
-        # Every patch embedding and every GSA sub-sampling conv must tile its map exactly.
-        self.input_divisor = math.lcm(*(r * s for r, s in zip(reductions, cfg.sr_ratios, strict=True)))
-        self.min_input_size = self.input_divisor
+        self.min_input_size = _min_side(cfg)
+        # Exports: maps that every patch embedding and sub-sampling conv tiles exactly (32 for every variant).
+        self.export_divisor = math.lcm(*(r * s for r, s in zip(reductions, cfg.sr_ratios, strict=True)))
 
         self.patch_embeds = nn.ModuleList()
         self.blocks = nn.ModuleList()
         self.pos_block = nn.ModuleList()
-        self.feature_info = []
+        taps = []
         in_chs = in_chans
         rates = drop_path_rates(drop_path_rate, cfg.depths)
         for i, dim in enumerate(cfg.embed_dims):
@@ -313,8 +317,9 @@ class Twins(Backbone):
                 )
             self.blocks.append(nn.ModuleList(stage))
             self.pos_block.append(PosConv(dim))
-            self.feature_info.append(FeatureInfo(num_chs=dim, reduction=reductions[i], module=f"blocks.{i}"))
+            taps.append(tap(dim, reductions[i], f"blocks.{i}"))
             in_chs = dim
+        self.feature_info = FeatureInfo(taps)
         self.pos_drop = nn.Dropout(drop_rate)
 
         self.num_features = cfg.embed_dims[-1]
@@ -343,41 +348,31 @@ class Twins(Backbone):
         x = self.norm(x.flatten(2).transpose(1, 2)).mean(dim=1)  # (B, num_features)
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, norm: bool = False
-    ) -> list[torch.Tensor]:
-        taps = resolve_indices(indices, len(self.feature_info))
+    def _intermediates(self, x, taps, *, norm, stop_early):
+        """The stage maps; ``norm=True`` applies the final LayerNorm to the last stage's (the only one it fits)."""
         x = self.prepare_input(x)
-        out = []
-        for i in range(taps[-1] + 1):
+        last = taps[-1] if stop_early else len(self.blocks) - 1
+        maps = []
+        for i in range(last + 1):
             x = self._stage(i, x)
             if i in taps:
                 if norm and i == len(self.feature_info) - 1:
                     B, C, H, W = x.shape
-                    x_out = self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
-                    out.append(x_out)  # (B, C4, H/32, W/32)
+                    maps.append(self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W))
                 else:
-                    out.append(x)
-        return out
+                    maps.append(x)
+        return x, maps  # x: (B, C_last, H_last, W_last)
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] | tuple[int, ...] | None = None, *, prune_norm: bool = True
-    ) -> list[int]:
-        taps = resolve_indices(indices, len(self.feature_info))
-        keep = taps[-1] + 1
+    def _prune_after(self, last_tap: int) -> None:
+        keep = last_tap + 1
         self.patch_embeds = self.patch_embeds[:keep]
         self.blocks = self.blocks[:keep]
         self.pos_block = self.pos_block[:keep]
-        # The final norm only ever applies to the last stage's map.
-        if prune_norm or keep < len(self.feature_info):
-            self.norm = nn.Identity()
-        self.head = nn.Identity()
-        return taps
+        if keep < len(self.feature_info):
+            self.norm = nn.Identity()  # the final norm only ever applies to the last stage's map
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-        self.head.apply(_init_weights)
+    def _init_head(self, module: nn.Module) -> None:
+        _init_weights(module)
 
     def no_weight_decay(self) -> set[str]:
         # The official code exempts the PEG convs from weight decay.

@@ -1,4 +1,4 @@
-"""Vision Transformer (ViT-Ti/S/B/L, patch 16), and the plain token backbone that T2T-ViT shares with it.
+"""Vision Transformer (ViT-Ti/S/B/L, patch 16) on the plain token backbone it shares with T2T-ViT (``_plain.py``).
 
 Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", arXiv 2010.11929.
 Faithful to google-research/vision_transformer (``vit_jax/models_vit.py``; ``get_{ti,s,b,l}16_config`` in
@@ -23,171 +23,30 @@ Deliberate deviations:
 * No ``pre_logits`` (Dense + tanh) layer: only the original ImageNet-21k checkpoints carry one.
 * ``global_pool="avg"`` pools the patch tokens after the final norm (the contract's ``forward_features`` ends with
   it); timm's ``avg`` models instead drop the final norm for a norm after pooling (``fc_norm``).
-* The position embedding is resampled (bicubic, non-square, class-token row kept) on the fly for any grid other than
-  the configured one, and by :meth:`VisionTransformer.adapt_state_dict` for checkpoints stored at another size.
+* Any input of at least one patch runs (see :class:`VisionTransformer`); the official code accepts only its
+  configured size. The position embedding is resampled (bicubic, non-square, class-token row kept) on the fly for
+  any grid other than the configured one, and by :meth:`VisionTransformer.adapt_state_dict` for checkpoints
+  stored at another size.
 * Data config: ImageNet mean/std and bicubic resizing (DeiT's ImageNet-1k recipe); Google's checkpoints expect
   mean = std = 0.5, which a checkpoint's own data config must state.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from glocal.layers.attention import MultiHeadAttention
-from glocal.layers.block import TransformerBlock, layer_norm_eps6
-from glocal.layers.drop import drop_path_rates
+from glocal.layers.block import layer_norm_eps6
 from glocal.layers.patch_embed import PatchEmbed
 from glocal.layers.pos_embed import resample_tokens
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import DataConfig
+from glocal.models._plain import PlainTransformer
 from glocal.registry import PaperFigures, register_model
 
-__all__ = ["PlainTransformer", "ViTConfig", "VisionTransformer", "even_feature_blocks"]
-
-GLOBAL_POOLS = ("token", "avg")
-
-
-def even_feature_blocks(depth: int, num_taps: int = 4) -> tuple[int, ...]:
-    """``num_taps`` evenly spaced block indices ending with the last block: depth 12 -> (2, 5, 8, 11)."""
-    num_taps = min(num_taps, depth)
-    return tuple((i + 1) * depth // num_taps - 1 for i in range(num_taps))
-
-
-class PlainTransformer(Backbone):
-    """A single-resolution token backbone: embedding (with class token) -> blocks -> norm -> head.
-
-    Subclasses record their config and token grid with :meth:`_init_grid`, build ``self.blocks`` (a ``ModuleList``
-    of :class:`~glocal.layers.block.TransformerBlock`), ``self.norm`` and ``self.head`` with :meth:`_build_encoder`
-    and implement :meth:`embed`. This class provides the rest of the contract: pooling and head, the block-tap
-    pyramid and its pruning.
-    """
-
-    global_pool: str
-    feature_blocks: tuple[int, ...]
-    # One patchifying conv (ViT) or unfold (T2T) before the tokens: the channels-last image gains nothing there.
-    memory_format = torch.contiguous_format
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, in_chans, H, W) -> tokens (B, 1 + h*w, C) with class token and positions, and the grid (h, w)."""
-        raise NotImplementedError
-
-    def _init_grid(self, cfg, in_chans: int, stride: int) -> tuple[int, int]:
-        """Record the config, input channels and stride; returns the configured (H, W) and sets ``grid_size``."""
-        self.cfg = cfg
-        self.in_chans = in_chans
-        self.input_divisor = stride
-        img_size = to_2tuple(cfg.img_size)
-        if img_size[0] % stride or img_size[1] % stride:
-            raise ValueError(f"img_size {img_size} must be a multiple of {stride}")
-        self.grid_size = (img_size[0] // stride, img_size[1] // stride)
-        return img_size
-
-    def _build_encoder(
-        self,
-        norm_layer: type[nn.Module] | functools.partial,
-        num_classes: int,
-        feature_blocks: tuple[int, ...] | list[int] | None,
-        drop_rate: float,
-        attn_drop_rate: float,
-        drop_path_rate: float,
-    ) -> None:
-        """Blocks, final norm, head and taps from ``self.cfg`` (embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
-        global_pool)."""
-        cfg = self.cfg
-        embed_dim, depth, global_pool = cfg.embed_dim, cfg.depth, cfg.global_pool
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-        feature_blocks = tuple(feature_blocks) if feature_blocks is not None else even_feature_blocks(depth)
-        if (
-            not feature_blocks
-            or any(not 0 <= b < depth for b in feature_blocks)
-            or list(feature_blocks) != sorted(set(feature_blocks))
-        ):
-            raise ValueError(f"feature_blocks must be increasing block indices in 0..{depth - 1}, got {feature_blocks}")
-        self.global_pool = global_pool
-        self.feature_blocks = feature_blocks
-        self.num_features = embed_dim
-        self.num_classes = num_classes
-        rates = drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                embed_dim,
-                MultiHeadAttention(
-                    embed_dim,
-                    cfg.num_heads,
-                    qkv_bias=cfg.qkv_bias,
-                    attn_drop=attn_drop_rate,
-                    proj_drop=drop_rate,
-                    prefix_tokens=1,
-                ),
-                mlp_ratio=cfg.mlp_ratio,
-                drop=drop_rate,
-                drop_path=rates[i],
-                norm_layer=norm_layer,
-            )
-            for i in range(depth)
-        )
-        self.norm = norm_layer(embed_dim)
-        self.head = self._make_head(num_classes)
-        self.feature_info = [
-            FeatureInfo(num_chs=embed_dim, reduction=self.input_divisor, module=f"blocks.{b}") for b in feature_blocks
-        ]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normed tokens (B, 1 + H/16 * W/16, C), the class token first."""
-        x, _ = self.embed(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # (B, C)
-        return x if pre_logits else self.head(x)
-
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
-        """The patch tokens after the chosen taps' blocks as (B, C, h, w) maps, reshaped by the real grid."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        if norm and self.norm is None:
-            raise ValueError("the final norm was pruned; prune with prune_norm=False to tap normed features")
-        tap_blocks = [self.feature_blocks[i] for i in taps]
-        x, (h, w) = self.embed(x)
-        out = []
-        for i, block in enumerate(self.blocks[: tap_blocks[-1] + 1]):
-            x = block(x)
-            if i in tap_blocks:
-                y = self.norm(x) if norm else x
-                B, _, C = y.shape
-                out.append(y[:, 1:].transpose(1, 2).reshape(B, C, h, w))  # (B, C, h, w)
-        return out
-
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        """Drop the blocks after the last tap and the head; the final norm too unless ``prune_norm=False``
-        (keep it for ``forward_intermediates(norm=True)``)."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        self.blocks = self.blocks[: self.feature_blocks[taps[-1]] + 1]
-        if prune_norm:
-            self.norm = None
-        self.head = nn.Identity()
-        return taps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
-    def _init_linear_and_norm(self) -> None:
-        """timm's ViT init: truncated normal 0.02 for every linear weight, zero biases, unit LayerNorms."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+__all__ = ["ViTConfig", "VisionTransformer"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +66,11 @@ class ViTConfig:
 
 
 class VisionTransformer(PlainTransformer):
-    """ViT: (B, in_chans, H, W) with H, W multiples of the patch size -> logits (B, num_classes)."""
+    """ViT: (B, in_chans, H, W) -> logits (B, num_classes); any H, W of at least the patch size.
+
+    The patch embedding is a stride-p conv, which floors: the grid is (H // p, W // p) and the last H % p rows and
+    W % p columns, which no patch covers, are not seen (800 x 1333 -> 50 x 83 patches, as the conv of the official
+    code and timm compute it); the position embedding is resampled to that grid."""
 
     first_conv = "patch_embed.proj"
     classifier = ("head",)
@@ -223,8 +86,8 @@ class VisionTransformer(PlainTransformer):
         drop_path_rate: float = 0.0,
         feature_blocks: tuple[int, ...] | list[int] | None = None,
     ) -> None:
-        super().__init__()
-        img_size = self._init_grid(cfg, in_chans, cfg.patch_size)
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
+        img_size = self._init_grid(cfg.patch_size)
         self.patch_embed = PatchEmbed(in_chans, cfg.embed_dim, cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], cfg.embed_dim))

@@ -37,7 +37,9 @@ Deliberate deviations from the official code:
   none while the transformer blocks follow the linear schedule counted over all blocks, outlookers included (timm
   keeps both). The config field ``outlooker_drop_path`` (default ``False``, the official behaviour) gives stage 1 its
   share of the schedule instead.
-* Any input whose sides are multiples of 16 works, square or not: the position embedding is resampled (bicubic,
+* Any input of at least 15 x 15 works, square or not (the stem's convs give ceil(H / 2) // 4 rows at stride 8,
+  patch merging floors them to half at stride 16: 800 x 1333 -> 100 x 166 -> 50 x 83; at multiples of 16 exactly
+  H / 8 and H / 16): the position embedding is resampled (bicubic,
   ``align_corners=False``) to the actual grid on the fly, and by :meth:`Volo.adapt_state_dict` for checkpoints stored
   for another size (the official code only adds it at the size it was built for).
 * MixToken in :meth:`Volo.forward_train` draws its mixing ratio and box from torch's generator rather than numpy's;
@@ -59,10 +61,11 @@ from torch import nn
 from glocal.layers.attention import MultiHeadAttention, attend, attend_logits
 from glocal.layers.block import TransformerBlock
 from glocal.layers.drop import drop_path_rates
+from glocal.layers.heads import head_dim, merge_heads, split_heads
 from glocal.layers.mlp import Mlp
 from glocal.layers.pos_embed import resample_grid
 from glocal.layers.probe import AttentionProbe
-from glocal.models._base import Backbone, DataConfig, FeatureInfo, resolve_indices, to_2tuple
+from glocal.models._base import Backbone, DataConfig, FeatureInfo, tap
 from glocal.registry import PaperFigures, register_model
 
 __all__ = ["ClassAttention", "ClassBlock", "OutlookAttention", "Volo", "VoloConfig"]
@@ -168,10 +171,8 @@ class ClassAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False, attn_drop: float = 0.0) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim(dim, num_heads)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -179,11 +180,10 @@ class ClassAttention(nn.Module):
         self.probe = AttentionProbe("class", prefix_tokens=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kv = self.kv(x).unflatten(-1, (2, self.num_heads, self.head_dim))  # (B, 1 + N, 2, heads, head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, 1 + N, head_dim)
-        q = self.q(x[:, :1]).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, heads, 1, hd)
+        k, v = split_heads(self.kv(x), self.num_heads, parts=2).unbind(0)  # each (B, heads, 1 + N, head_dim)
+        q = split_heads(self.q(x[:, :1]), self.num_heads)  # (B, heads, 1, hd)
         y = attend(q, k, v, probe=self.probe, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, 1, hd)
-        return self.proj(y.transpose(1, 2).flatten(2))  # (B, 1, C)
+        return self.proj(merge_heads(y))  # (B, 1, C)
 
 
 class ClassBlock(nn.Module):
@@ -270,7 +270,12 @@ class Volo(Backbone):
 
     first_conv = "patch_embed.conv.0"
     classifier = ("head", "aux_head")
-    input_divisor = 16
+    final_norm = "norm"
+    default_out_indices = 3  # timm's VOLO: the last three taps (the transformer groups)
+    # Any H, W >= 15: the stem gives ceil(H / 2) // 4 rows at stride 8 (outlook attention takes odd maps), patch
+    # merging floors to half of that at stride 16, which needs one row.
+    min_input_size = 15
+    export_divisor = 16
     # network index of each pyramid tap: the outlookers, then the three transformer groups (network.1 is merging).
     _TAP_MODULES = (0, 2, 3, 4)
 
@@ -287,7 +292,7 @@ class Volo(Backbone):
     ) -> None:
         """``drop_rate`` is the dropout after adding the position embedding (the official ``pos_drop``);
         ``mix_token`` enables MixToken in :meth:`forward_train` (training mode only)."""
-        super().__init__()
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans)
         if not len(cfg.depths) == len(cfg.embed_dims) == len(cfg.num_heads) == 4:
             raise ValueError(
                 f"VOLO has an outlooker group and three transformer groups: got depths={cfg.depths}, "
@@ -298,12 +303,11 @@ class Volo(Backbone):
                 f"the transformer groups share one width and head count, got embed_dims={cfg.embed_dims}, "
                 f"num_heads={cfg.num_heads}"
             )
-        img_size = to_2tuple(cfg.img_size)
-        if img_size[0] % self.input_divisor or img_size[1] % self.input_divisor:
-            raise ValueError(f"img_size {img_size} must be a multiple of {self.input_divisor}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
+        img_size = self.img_size
+        if img_size[0] % 16 or img_size[1] % 16:
+            raise ValueError(
+                f"img_size {img_size} must be a multiple of 16 (the stored position grid is img_size / 16)"
+            )
         self.mix_token = mix_token
         outlook_dim, dim = cfg.embed_dims[0], cfg.embed_dims[1]
         self.num_features = dim
@@ -347,10 +351,9 @@ class Volo(Backbone):
         self.head = self._make_head(num_classes)
         self.aux_head = self._make_head(num_classes)
 
-        self.feature_info = [
-            FeatureInfo(num_chs=outlook_dim, reduction=8, module="network.0"),
-            *(FeatureInfo(num_chs=dim, reduction=16, module=f"network.{i}") for i in self._TAP_MODULES[1:]),
-        ]
+        self.feature_info = FeatureInfo(
+            [tap(outlook_dim, 8, "network.0"), *(tap(dim, 16, f"network.{i}") for i in self._TAP_MODULES[1:])]
+        )
         self.data_config = DataConfig(
             input_size=(in_chans, *img_size), crop_pct=cfg.crop_pct, interpolation="bicubic", dynamic_size=True
         )
@@ -368,9 +371,10 @@ class Volo(Backbone):
         return self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/8, W/8, C1)
 
     def _network(
-        self, x: torch.Tensor, taps: tuple[int, ...] = (), norm: bool = False
+        self, x: torch.Tensor, taps: tuple[int, ...] = (), norm: bool = False, stop_early: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stem tokens (B, H/8, W/8, C1) -> the last group's tokens (B, N, C) and the NCHW maps at ``taps``."""
+        """Stem tokens (B, H/8, W/8, C1) -> the last group's tokens (B, N, C) and the NCHW maps at ``taps``
+        (``stop_early``: the tokens of the last tapped group)."""
         tap_modules = [self._TAP_MODULES[i] for i in taps]
         maps = []
         for idx, module in enumerate(self.network):
@@ -384,7 +388,7 @@ class Volo(Backbone):
                 else:
                     tokens = self.norm(x) if norm else x
                     maps.append(tokens.unflatten(1, grid).permute(0, 3, 1, 2))  # (B, C, H/16, W/16)
-                if idx == tap_modules[-1]:
+                if stop_early and idx == tap_modules[-1]:
                     break
         return x, maps
 
@@ -438,40 +442,32 @@ class Volo(Backbone):
             aux = aux.flatten(1, 2)  # (B, N, classes)
         return cls_logits, aux, box
 
-    def forward_intermediates(self, x, indices=None, norm=False) -> list[torch.Tensor]:
+    def _intermediates(self, x, taps, *, norm, stop_early):
         """NCHW maps: the outlooker stage (B, C1, H/8, W/8), then each transformer group (B, C, H/16, W/16).
 
         ``norm=True`` applies the final LayerNorm to the transformer groups' tokens (the outlooker map has another
-        width and is returned as is); a pruned model has no final norm.
-        """
-        taps = resolve_indices(indices, len(self.feature_info))
-        if norm and self.norm is None:
-            raise ValueError("the final norm was pruned; forward_intermediates(norm=True) needs the full model")
-        return self._network(self._stem(x), tuple(taps), norm)[1]
+        width and is returned as is). ``final`` is ``forward_features``' normed tokens; when stopped early (or once
+        the class attention is pruned) the tokens of the last group run, (B, N, C), or the outlooker stage's
+        (B, H/8, W/8, C1)."""
+        x, maps = self._network(self._stem(x), tuple(taps), norm, stop_early)
+        if not stop_early and self.cls_token is not None:
+            x = self._class_tokens(x)
+        return x, maps
 
-    def prune_intermediate_layers(self, indices=None, *, prune_norm: bool = True) -> list[int]:
-        """Drop the groups after the last tap, the class token, class attention and both heads (and the position
-        embedding when only the outlooker stage is tapped); the final norm too unless ``prune_norm=False`` keeps it
-        for ``forward_intermediates(norm=True)``."""
-        taps = resolve_indices(indices, len(self.feature_info))
-        last = self._TAP_MODULES[taps[-1]]
+    def _prune_after(self, last_tap: int) -> None:
+        last = self._TAP_MODULES[last_tap]
         self.network = self.network[: last + 1]
         if last < 2:
             self.pos_embed = None
+
+    def _prune_head(self) -> None:
+        """The class token, class attention and both heads: nothing a tap uses."""
         self.cls_token = None
         self.post_network = nn.ModuleList()
-        if prune_norm:
-            self.norm = None
-        self.head = nn.Identity()
-        self.aux_head = nn.Identity()
-        return taps
+        super()._prune_head()
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-        self.aux_head = self._make_head(num_classes)
-        self.head.apply(_init_linear)
-        self.aux_head.apply(_init_linear)
+    def _init_head(self, module: nn.Module) -> None:
+        _init_linear(module)
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a checkpoint's 4-D ``pos_embed`` (1, h0, w0, C) to this model's grid (bicubic)."""

@@ -1,4 +1,4 @@
-"""Checkpoint layouts of the ResNet family (ResNet, SE, GC, NL, SNL; BoTNet has no release: glocal's format only).
+"""Checkpoint layouts of the ResNet family (ResNet, SE, GC, NL, SNL, and leaderj1001's BoTNet code).
 
 glocal's ResNet names are torchvision's (``conv1``, ``bn1``, ``layer{1-4}.{i}.conv{1,2,3}/bn{1,2,3}``,
 ``downsample.{0,1}``, ``fc``), so torchvision's and timm's ``resnet50/101`` state dicts load as they are. Block
@@ -22,6 +22,11 @@ attention sits at ``layer{s}.{i}.context``. The other sources:
     RGB ImageNet mean/std input (channels reversed, scaled by 255 * std, the mean difference folded into ``bn1``'s
     running mean), exact everywhere except at the zero-padded border of the first conv, where Caffe pads with the
     mean-subtracted value 0 and glocal with the normalised 0 (a difference under one grey level).
+``bottleneck-transformers-lj``
+    leaderj1001/BottleneckTransformers ``model.py`` state dicts (no weights are released; this loads what its
+    training script saves) into ``botnet50_lj``: the MHSA at ``layer4.{i}.conv2.0.{query,key,value,rel_h,rel_w}``
+    (``conv2.1`` is the parameter-free pool), ``shortcut.{0,1}`` for glocal's ``downsample.{0,1}``, ``fc.1`` (after
+    the Dropout) for ``fc``; the rest are torchvision's names. Embeddings saved for another resolution are resampled.
 ``openmmlab``
     OpenMMLab checkpoints: mmdet detectors and mmpretrain classifiers keep the backbone under ``backbone.`` (other
     parts, e.g. ``neck``, ``rpn_head``, are ignored and listed in the log; mmpretrain's ``head.fc`` is the
@@ -56,7 +61,7 @@ from glocal.layers.non_local import NonLocal2d
 from glocal.weights.io import CheckpointError
 from glocal.weights.layout import KeyMap, Layout, StateDict, register_layout
 
-__all__ = ["CAFFE2", "OPENMMLAB", "SENET_CAFFE", "TIMM_LEGACY_SERESNET", "TIMM_SERESNET"]
+__all__ = ["BOTNET_LJ", "CAFFE2", "OPENMMLAB", "SENET_CAFFE", "TIMM_LEGACY_SERESNET", "TIMM_SERESNET"]
 
 _log = logging.getLogger(__name__)
 
@@ -106,6 +111,32 @@ TIMM_SERESNET = register_layout(
         markers=(r"^layer1\.0\.se\.fc1\.weight$",),
         to_glocal=lambda sd, model: _TIMM_SE_MAP.rename_to_ours(sd),
         from_glocal=lambda sd, model: _TIMM_SE_MAP.rename_to_theirs(sd),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------------- leaderj1001
+_LJ_MAP = KeyMap(
+    [
+        *((f"layer{{s}}.{{i}}.conv2.0.{name}", f"layer{{s}}.{{i}}.conv2.{name}") for name in ("rel_h", "rel_w")),
+        *(
+            (f"layer{{s}}.{{i}}.conv2.0.{name}.{{*}}", f"layer{{s}}.{{i}}.conv2.{name}.{{*}}")
+            for name in ("query", "key", "value")
+        ),
+        ("layer{s}.{i}.shortcut.{*}", "layer{s}.{i}.downsample.{*}"),
+        ("fc.1.{*}", "fc.{*}"),
+        ("{*}", "{*}"),
+    ]
+)
+
+BOTNET_LJ = register_layout(
+    Layout(
+        name="bottleneck-transformers-lj",
+        family="resnet",
+        description="leaderj1001/BottleneckTransformers model.py ResNet50 (botnet50_lj)",
+        markers=(r"\.conv2\.0\.rel_h$", r"^fc\.1\.weight$"),
+        to_glocal=lambda sd, model: _LJ_MAP.rename_to_ours(sd),
+        from_glocal=lambda sd, model: _LJ_MAP.rename_to_theirs(sd),
     )
 )
 
