@@ -70,13 +70,7 @@ def _load(args: argparse.Namespace):
         restored = restore_model(args.checkpoint, model=args.model, classes=classes, img_size=args.img_size)
         return restored.model, restored.img_size, restored.mean, restored.std
     if args.pretrained:
-        try:
-            model = glocal.create_model(args.model, pretrained=args.pretrained)
-        except TypeError as err:
-            raise ValueError(
-                f"--pretrained {args.pretrained!r}: this version of glocal publishes no pretrained weights "
-                f"(create_model has no 'pretrained'); give the weights with --checkpoint PATH"
-            ) from err
+        model = glocal.create_model(args.model, pretrained=args.pretrained)
     else:
         log.warning("%s: no --checkpoint, so the maps are those of randomly initialised weights", args.model)
         model = glocal.create_model(args.model)
