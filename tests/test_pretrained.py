@@ -356,3 +356,11 @@ def test_hash_named_url_source_in_the_caffe_port_layout(tmp_path, monkeypatch, g
     x = create_transform(model.pretrained_cfg)(_image())[None]
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_only_the_papers_own_releases_report_the_papers_top1():
+    """A timm retraining (ResNet strikes back, augreg) is not the paper's model: no paper figure is put on it."""
+    assert glocal.pretrained.get_pretrained("resnet50.a1_in1k").top1 is None
+    assert glocal.pretrained.get_pretrained("vit_base_patch16_224.augreg2_in21k_ft_in1k").top1 is None
+    assert glocal.pretrained.get_pretrained("resnet50.tv_in1k").top1 == glocal.model_info("resnet50")["top1"] == 76.13
+    assert glocal.pretrained.get_pretrained("twins_svt_small.in1k").top1 == 81.7

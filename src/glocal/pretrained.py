@@ -60,6 +60,8 @@ class PretrainedTag:
     origin: str
     url: str | None = None
     ema: bool = False  # take the file's EMA weights (state_dict_ema), as the source's README says
+    # The release is the paper's own weights (re-hosted or ported), so the paper's top-1 is its reported figure.
+    paper_release: bool = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -134,7 +136,9 @@ _TAGS: dict[str, PretrainedTag] = {}
 for _model in ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_small", "twins_svt_base",
                "twins_svt_large"):  # fmt: skip
     # Twins: the top-1 is the paper's (the registry's PaperFigures), at 224.
-    _TAGS[f"{_model}.in1k"] = _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, licence="apache-2.0")
+    _TAGS[f"{_model}.in1k"] = replace(
+        _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, licence="apache-2.0"), paper_release=True
+    )
 for _model, _crop, _size, _file, _top1 in _VOLO:
     _TAGS[f"{_model}.sail_in1k"] = _timm(
         _model, "sail_in1k", _TIMM_VOLO, crop_pct=_crop, size=_size, top1=_top1, top1_at=_size, url=_VOLO_URL + _file
@@ -175,8 +179,9 @@ for _model, _tag, _size, _npz in _VIT:
 for _model in ("resnet50", "resnet101"):
     for _tag in ("a1_in1k", "a2_in1k"):
         _TAGS[f"{_model}.{_tag}"] = _timm(_model, _tag, _TIMM_RESNET, crop_pct=0.95, licence="apache-2.0")
-    _TAGS[f"{_model}.tv_in1k"] = _timm(
-        _model, "tv_in1k", _TIMM_RESNET, crop_pct=0.875, interpolation="bilinear", licence="bsd-3-clause"
+    _TAGS[f"{_model}.tv_in1k"] = replace(
+        _timm(_model, "tv_in1k", _TIMM_RESNET, crop_pct=0.875, interpolation="bilinear", licence="bsd-3-clause"),
+        paper_release=True,  # the registry's figure for ResNet is torchvision's, these weights
     )
 
 # SE-ResNet: timm's legacy_seresnet50/101.in1k are Cadene's port of the official SENet Caffe weights, published as
@@ -187,7 +192,7 @@ for _model, _file in (("seresnet50", "se_resnet50-ce0d4300.pth"), ("seresnet101"
         model=_model, tag="cadene_in1k", hf_hub_id=None, revision=None, filename=_file,
         layout="timm-legacy-seresnet", input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
         crop_pct=0.875, interpolation="bilinear", num_classes=1000, label_set="imagenet-1k", top1=None,
-        top1_resolution=None, licence="apache-2.0", origin=_TIMM_SENET, url=_CADENE + _file,
+        top1_resolution=None, licence="apache-2.0", origin=_TIMM_SENET, url=_CADENE + _file, paper_release=True,
     )  # fmt: skip
 
 _T2T_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
@@ -221,7 +226,8 @@ NO_PUBLIC_WEIGHTS = {
 
 
 def _with_paper_top1(record: PretrainedTag) -> PretrainedTag:
-    if record.top1 is not None:
+    """The paper's top-1 for the paper's own releases; other releases report only the figure their source gives."""
+    if record.top1 is not None or not record.paper_release:
         return record
     paper = get_entry(record.model).paper
     return replace(record, top1=paper.top1, top1_resolution=record.input_size[-1] if paper.top1 else None)
