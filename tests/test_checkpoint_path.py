@@ -245,3 +245,26 @@ def test_train_and_convert_take_the_checkpoint_alone(run, tree, tmp_path):
     assert main(["convert", "--checkpoint", str(run.checkpoint), "--output", str(tmp_path / "converted")]) == 0
     converted = open_checkpoint(tmp_path / "converted")
     assert converted.classes == ("cat", "dog") and converted.num_classes == 2 and converted.input_size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["info", "resnet50"], "resnet50"),
+        (["info", "--model", "resnet50"], "resnet50"),
+        (["bench", "resnet50", "vit_*"], ["resnet50", "vit_*"]),
+        (["bench", "--model", "resnet50", "vit_*"], ["resnet50", "vit_*"]),
+        (["validate", "--model", "resnet50.a1_in1k", "--data", "d"], "resnet50.a1_in1k"),
+        (["attention", "--model", "vit_tiny_patch16_224", "a.png", "b.png", "--out", "o"], "vit_tiny_patch16_224"),
+        (["attention", "vit_tiny_patch16_224", "a.png", "b.png", "--out", "o"], "vit_tiny_patch16_224"),
+    ],
+)
+def test_every_command_takes_the_model_as_model(argv, expected):
+    """--model is the spelling of every subcommand; the ones that always need a model also take it first."""
+    from glocal.cli import build_parser
+    from glocal.cli._args import model_operand
+
+    args = build_parser().parse_args(argv)
+    assert model_operand(args, spill="images" if argv[0] == "attention" else None) == expected
+    if argv[0] == "attention":
+        assert args.images == ["a.png", "b.png"]

@@ -14,8 +14,10 @@ __all__ = [
     "add_checkpoint",
     "add_img_size",
     "add_model",
+    "add_model_operand",
     "find_images",
     "img_size",
+    "model_operand",
     "positive_int",
 ]
 
@@ -44,6 +46,28 @@ def add_model(p: argparse.ArgumentParser, *, required: bool = False, what: str =
     """``--model NAME``: optional where a checkpoint names its model, and an error when it contradicts it."""
     text = what or "registered model name (see `glocal list`); default: the checkpoint's, which it must not contradict"
     p.add_argument("--model", metavar="NAME", required=required, help=text)
+
+
+def add_model_operand(p: argparse.ArgumentParser, *, many: bool = False, what: str = "registered model name") -> None:
+    """The model of a command that always needs one: ``glocal info NAME`` or, spelled as in every other command,
+    ``glocal info --model NAME`` (:func:`model_operand` reads either)."""
+    p.add_argument("model_operand", nargs="*" if many else "?", metavar="MODEL", help=f"{what} (or --model)")
+    p.add_argument("--model", nargs="+" if many else None, metavar="NAME", help=f"{what}, as in every command")
+
+
+def model_operand(args: argparse.Namespace, *, spill: str | None = None) -> str | list[str]:
+    """The model named by ``add_model_operand``'s positional or ``--model``; with ``--model`` given, a positional
+    word belongs to the next operand list ``spill`` (``glocal attention --model M a.png b.png``)."""
+    operand, flag = args.model_operand, args.model
+    if flag is not None and operand and spill is not None:
+        getattr(args, spill)[:0] = operand if isinstance(operand, list) else [operand]
+        operand = None
+    if flag is not None and operand:
+        raise ValueError(f"name the model once, as MODEL or --model NAME (got {operand!r} and {flag!r})")
+    chosen = flag if flag is not None else operand
+    if not chosen:
+        raise ValueError("name the model: MODEL or --model NAME (see `glocal list`)")
+    return chosen
 
 
 def add_checkpoint(p: argparse.ArgumentParser, *, required: bool = False, what: str = "") -> None:

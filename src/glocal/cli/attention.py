@@ -27,7 +27,7 @@ from glocal.analysis.attention import (
     to_pixels,
 )
 from glocal.analysis.figures import overlay_grid, plot_query_independence
-from glocal.cli._args import add_checkpoint, add_img_size, find_images, img_size
+from glocal.cli._args import add_checkpoint, add_img_size, add_model_operand, find_images, img_size, model_operand
 from glocal.data import load_image
 from glocal.data.transforms import normalize
 from glocal.engine.inference import restore_model
@@ -45,8 +45,8 @@ def add_parser(sub, name: str) -> None:
         "(rebuilt from it as every command does; MODEL must not contradict it); without one the model keeps its "
         "random initialisation.",
     )
-    p.add_argument("model", metavar="MODEL", help="registered model name")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns ('dir/*.png')")
+    add_model_operand(p)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns ('dir/*.png')")
     add_checkpoint(p)
     p.add_argument("--pretrained", metavar="TAG", help="published weights, as create_model(pretrained=TAG)")
     p.add_argument("--classes", metavar="A,B,...", help="class names of a checkpoint without them")
@@ -97,6 +97,9 @@ def _parse_query(text: str | None) -> tuple[float, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = model_operand(args, spill="images")
+    if not args.images:
+        raise ValueError("name at least one IMAGE (files, folders or glob patterns)")
     files = find_images(args.images)
     query = _parse_query(args.query)
     model, size, mean, std = _load(args)

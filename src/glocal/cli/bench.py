@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from glocal.analysis.bench import BenchRecord, bench_model, fit_scaling, plot_scaling
+from glocal.cli._args import add_model_operand, model_operand
 from glocal.registry import list_models
 
 
@@ -36,7 +37,7 @@ def add_parser(sub, name: str) -> None:
         "the interquartile range); peak memory growth; achieved FLOP/s as a fraction of this machine's measured "
         "matmul peak. Several --img-sizes add the fitted exponent of time, GMACs and memory in the number of tokens.",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered names or glob patterns ('twins_*')")
+    add_model_operand(p, many=True, what="registered names or glob patterns ('twins_*')")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--img-size", type=_sizes, default=None, help="square input size(s) (default 224), e.g. 512,1024")
     size.add_argument("--img-sizes", type=_sizes, default=None, help="comma-separated sizes, e.g. 224,320,448,640")
@@ -119,6 +120,7 @@ def _scaling_table(records: list[BenchRecord]) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.models = model_operand(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     names = _resolve(args.models)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from glocal.analysis.analytic import AttentionCost, attention_costs
 from glocal.analysis.summary import summarize
+from glocal.cli._args import add_model_operand, model_operand
 from glocal.factory import create_model
 
 
@@ -21,7 +22,7 @@ def add_parser(sub, name: str) -> None:
         description="Show a registered model's architecture config, parameter count and GMACs (multiply-accumulates "
         "at the default input size, attention included) against the paper, and its pyramid taps.",
     )
-    p.add_argument("name", metavar="NAME", help="registered model name (see `glocal list`)")
+    add_model_operand(p, what="registered model name (see `glocal list`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(run=run)
 
@@ -38,6 +39,7 @@ def _attention_by_kind(costs: list[AttentionCost]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.name = model_operand(args)
     s = summarize(args.name)
     with torch.device("meta"):
         attention = _attention_by_kind(attention_costs(create_model(args.name), s.input_size))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from glocal.cli._args import add_model_operand, model_operand
 from glocal.data import ImageFolder, create_transform
 from glocal.data.imagenet import imagenet1k_synsets
 from glocal.factory import create_model
@@ -24,7 +25,7 @@ def add_parser(sub, name: str) -> None:
         "or --checkpoint P on an ImageFolder whose class folders are ImageNet synset ids (ILSVRC2012 val sorted into "
         "n01440764/ ...; a subset of the classes is fine), with the tag's own eval preprocessing.",
     )
-    p.add_argument("model", metavar="MODEL", help="registered model name, or MODEL.TAG")
+    add_model_operand(p, what="registered model name, or MODEL.TAG")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--pretrained", metavar="TAG", help="weight tag (see `glocal weights`)")
     source.add_argument("--checkpoint", metavar="P", help="a checkpoint file or folder instead")
@@ -35,6 +36,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = model_operand(args)
     if args.checkpoint:
         model = create_model(args.model, checkpoint=args.checkpoint)
     else:
