@@ -140,6 +140,7 @@ def test_create_model_arguments(kwargs, error, message):
         ("vit_tiny_patch16_224", dict(mlp_ratio=float("nan")), ValueError, "'mlp_ratio' must be a finite number"),
         ("twins_svt_small", dict(embed_dims=64), TypeError, "'embed_dims' must be a list of integers, got 64"),
         ("volo_d1_224", dict(depths=(4, 4, 8, -20000)), ValueError, "outside the sane range"),
+        ("twins_pcpvt_small", dict(img_size=16), ValueError, "at least 32, so it cannot be built for img_size 16x16"),
     ],
 )
 def test_architecture_overrides_of_every_family(name, kwargs, error, message):

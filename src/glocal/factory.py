@@ -117,6 +117,12 @@ def create_model(
     in_chans = check_count(in_chans if in_chans is not None else 3, "in_chans", minimum=1)
     model = entry.model_cls(cfg, num_classes=num_classes, in_chans=in_chans, **runtime_overrides)
     model.model_name = name
+    size = tuple(model.data_config.input_size[-2:])
+    if min(size) < model.min_input_size:  # refused here, not at the first forward
+        raise ValueError(
+            f"{name} takes heights and widths of at least {model.min_input_size}, so it cannot be built for "
+            f"img_size {size[0]}x{size[1]}"
+        )
     if record is not None:
         # Before loading: a layout that converts inputs (augreg's mean = std = 0.5) converts to the tag's own view.
         model.data_config = dataclasses.replace(model.data_config, **record.data_config)
