@@ -141,6 +141,15 @@ class Layout:
     to_glocal: Callable[[StateDict, nn.Module], StateDict]
     from_glocal: Callable[[StateDict, nn.Module], StateDict]
 
+    @classmethod
+    def renaming(cls, keymap: KeyMap, **fields) -> Layout:
+        """A layout whose two maps are ``keymap``'s renamings (no architecture-dependent step)."""
+        return cls(
+            to_glocal=lambda sd, model: keymap.rename_to_ours(sd),
+            from_glocal=lambda sd, model: keymap.rename_to_theirs(sd),
+            **fields,
+        )
+
     def missing_markers(self, keys: Iterable[str]) -> list[str]:
         keys = list(keys)
         return [m for m in self.markers if not any(re.search(m, k) for k in keys)]

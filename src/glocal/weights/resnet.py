@@ -85,13 +85,12 @@ _LEGACY_SE_MAP = KeyMap(
 )
 
 TIMM_LEGACY_SERESNET = register_layout(
-    Layout(
+    Layout.renaming(
+        _LEGACY_SE_MAP,
         name="timm-legacy-seresnet",
         family="resnet",
         description="timm legacy_seresnet50/101 = Cadene pretrainedmodels se_resnet50/101 (official SENet weights)",
         markers=(r"^layer0\.conv1\.weight$", r"\.se_module\.fc1\.weight$"),
-        to_glocal=lambda sd, model: _LEGACY_SE_MAP.rename_to_ours(sd),
-        from_glocal=lambda sd, model: _LEGACY_SE_MAP.rename_to_theirs(sd),
     )
 )
 
@@ -104,13 +103,12 @@ _TIMM_SE_MAP = KeyMap(
 )
 
 TIMM_SERESNET = register_layout(
-    Layout(
+    Layout.renaming(
+        _TIMM_SE_MAP,
         name="timm-seresnet",
         family="resnet",
         description="timm seresnet50/101 (torchvision-style SE-ResNet, stride on the 3x3)",
         markers=(r"^layer1\.0\.se\.fc1\.weight$",),
-        to_glocal=lambda sd, model: _TIMM_SE_MAP.rename_to_ours(sd),
-        from_glocal=lambda sd, model: _TIMM_SE_MAP.rename_to_theirs(sd),
     )
 )
 
@@ -130,13 +128,12 @@ _LJ_MAP = KeyMap(
 )
 
 BOTNET_LJ = register_layout(
-    Layout(
+    Layout.renaming(
+        _LJ_MAP,
         name="bottleneck-transformers-lj",
         family="resnet",
         description="leaderj1001/BottleneckTransformers model.py ResNet50 (botnet50_lj)",
         markers=(r"\.conv2\.0\.rel_h$", r"^fc\.1\.weight$"),
-        to_glocal=lambda sd, model: _LJ_MAP.rename_to_ours(sd),
-        from_glocal=lambda sd, model: _LJ_MAP.rename_to_theirs(sd),
     )
 )
 

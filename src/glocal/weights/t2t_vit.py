@@ -24,12 +24,11 @@ _PERFORMER_MAP = KeyMap(
 )
 
 T2T_PERFORMER = register_layout(
-    Layout(
+    Layout.renaming(
+        _PERFORMER_MAP,
         name="t2t-official",
         family="t2t_vit",
         description="yitu-opensource/T2T-ViT releases with Performer T2T layers (mlp.0/mlp.2)",
         markers=(r"^tokens_to_token\.attention1\.mlp\.0\.weight$",),
-        to_glocal=lambda sd, model: _PERFORMER_MAP.rename_to_ours(sd),
-        from_glocal=lambda sd, model: _PERFORMER_MAP.rename_to_theirs(sd),
     )
 )
