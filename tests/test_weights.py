@@ -7,6 +7,7 @@ source's code (torchvision/timm ``resnet.py``, timm ``senet.py``, SENet's protot
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ from glocal.weights import (
     read_state_dict,
     save_checkpoint,
 )
+from glocal.weights.io import read_tensors
 
 # Narrow and shallow: NL/SNL's default block (-2 of c4) is then layer3.0. Full sizes are checked on the meta device.
 WIDTHS = (64, 128, 256, 512)
@@ -551,6 +553,29 @@ def test_caffe2_blob_pickle_loads_without_unpickling_code(tmp_path):
     with pytest.raises(CheckpointError, match="only hold numpy arrays"):
         read_state_dict(evil)
     assert not marker.exists()
+
+
+class _CodecCall:
+    """Pickles as ``_codecs.encode(text, encoding)``: a codec other than latin-1 would run arbitrary transforms."""
+
+    def __init__(self, text, encoding):
+        self.args = (text, encoding)
+
+    def __reduce__(self):
+        return codecs.encode, self.args
+
+
+@pytest.mark.parametrize("args", [("eJwDAAAAAAE=", "base64"), ("x", "rot13"), (b"x", "latin1")])
+def test_blob_pickle_admits_codecs_encode_only_as_protocol_2_bytes(tmp_path, args):
+    arrays = {"w": np.arange(6, dtype=np.float32), "raw": b"\x00\xff"}
+    good = tmp_path / "good.pkl"
+    good.write_bytes(pickle.dumps({"blobs": arrays}, protocol=2))
+    assert torch.equal(read_tensors(good)["blobs"]["w"], torch.arange(6, dtype=torch.float32))
+    assert read_tensors(good)["blobs"]["raw"] == b"\x00\xff"
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(pickle.dumps({"blobs": {"x": _CodecCall(*args)}}, protocol=2))
+    with pytest.raises(CheckpointError, match="_codecs.encode only as pickle writes bytes"):
+        read_tensors(bad)
 
 
 def test_senet_caffe_first_conv_takes_glocal_inputs():

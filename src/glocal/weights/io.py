@@ -174,13 +174,24 @@ class _NumpyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles written by Python 3 spell bytes
+            return _latin1_bytes
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"a blob pickle may only hold numpy arrays, not {module}.{name}")
         return super().find_class(module, name)
+
+
+def _latin1_bytes(text: object, encoding: object = "utf-8") -> bytes:
+    """``_codecs.encode`` limited to what pickle's protocol 2 uses it for: a str of bytes, spelled in latin-1."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"a blob pickle may call _codecs.encode only as pickle writes bytes (a str, 'latin1'), not with "
+            f"{type(text).__name__} and {encoding!r}"
+        )
+    return text.encode("latin1")
 
 
 def _arrays_to_tensors(content: object) -> object:
