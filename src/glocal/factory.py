@@ -40,6 +40,7 @@ def create_model(
     ema: bool = False,
     new_classifier: bool = True,
     pretrained: bool | str = False,
+    revision: str | None = None,
     dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> nn.Module:
@@ -62,7 +63,9 @@ def create_model(
     ``pretrained=True`` (the model's default tag, or the tag of a ``model.tag`` name: timm's convention) or
     ``pretrained=TAG`` loads a public release (:mod:`glocal.pretrained`); a tagged name, with or without
     ``pretrained``, sets ``model.data_config`` and ``model.pretrained_cfg`` to the preprocessing the tag was
-    evaluated with. Neither changes the architecture.
+    evaluated with, and its input size (``img_size``, unless given: ``t2t_vit_14.official_in1k_384`` builds at 384,
+    as the source evaluated it). Neither changes the architecture. ``revision`` pins a Hugging Face tag to a commit
+    of its repository (default: the recorded revision, or ``$GLOCAL_HF_REVISION``).
 
     ``dtype`` casts parameters and buffers after loading (``torch.bfloat16``: on CPUs with AVX512-BF16/AMX the fast
     inference path; see docs/benchmarks.md); feed inputs of the same dtype. For inference,
@@ -71,10 +74,12 @@ def create_model(
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     record = None
+    if revision is not None and not pretrained:
+        raise ValueError("revision= applies to pretrained=True|TAG (a Hugging Face tag's commit)")
     if pretrained or (name is not None and "." in name):
         if pretrained and checkpoint is not None:
             raise ValueError("pass either pretrained=True|TAG or checkpoint=PATH, not both")
-        record = get_pretrained(name, pretrained if isinstance(pretrained, str) else True)
+        record = get_pretrained(name, pretrained if isinstance(pretrained, str) else True, revision=revision)
         name = record.model
         if pretrained:
             checkpoint, layout, ema = pretrained_file(record), layout or record.layout, ema or record.ema
@@ -92,6 +97,8 @@ def create_model(
             f"create_model({name!r}) got unknown keyword argument(s) {unknown}. "
             f"Config fields: {cfg_fields}. Run-time options: {runtime}."
         )
+    if record is not None and "img_size" in cfg_fields:
+        overrides.setdefault("img_size", record.input_size[-1])  # the size the tag was evaluated at
     overrides = check_fields(type(cfg), overrides, where=f"create_model({name!r})", bounded=True)
     if ckpt is not None:
         saved = {k: _as_tuples(v) for k, v in ckpt.config.items() if k in cfg_fields or k in runtime}

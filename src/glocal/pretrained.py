@@ -44,7 +44,7 @@ class PretrainedTag:
     model: str
     tag: str
     hf_hub_id: str | None  # None: the file is fetched from ``url``
-    revision: str | None
+    revision: str | None  # the Hugging Face revision (branch or commit); see ``pretrained_file`` for pinning
     filename: str
     layout: str | None  # None: detected from the keys (glocal's names)
     input_size: tuple[int, int, int]
@@ -54,14 +54,12 @@ class PretrainedTag:
     interpolation: str
     num_classes: int
     label_set: str
-    top1: float | None
-    top1_resolution: int | None
+    top1: float  # as the source reports it, for the eval view above (input_size, crop_pct, interpolation)
+    top1_resolution: int
     licence: str
     origin: str
     url: str | None = None
     ema: bool = False  # take the file's EMA weights (state_dict_ema), as the source's README says
-    # The release is the paper's own weights (re-hosted or ported), so the paper's top-1 is its reported figure.
-    paper_release: bool = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -87,133 +85,163 @@ class PretrainedTag:
         }
 
 
-_TIMM_TWINS = "huggingface/pytorch-image-models timm/models/twins.py default_cfgs (_cfg: crop_pct .9, bicubic)"
-_TIMM_VOLO = "huggingface/pytorch-image-models timm/models/volo.py default_cfgs (_cfg: bicubic, ImageNet mean/std)"
-_TIMM_VIT = "huggingface/pytorch-image-models timm/models/vision_transformer.py default_cfgs (_cfg: mean=std=0.5)"
-_TIMM_RESNET = "huggingface/pytorch-image-models timm/models/resnet.py default_cfgs (_rcfg, _cfg)"
-_TIMM_SENET = "huggingface/pytorch-image-models timm/models/senet.py default_cfgs (legacy_seresnet*.in1k, _cfg)"
-# Licences as timm's cfgs state them ('license'); where a cfg states none (VOLO) the licence is marked unverified
-# rather than guessed. timm transcribed at commit aa4b5850c1543fa488abf260f18390eda46cf85d.
-_UNVERIFIED = "unverified"
+# timm, transcribed at commit aa4b5850c1543fa488abf260f18390eda46cf85d: each tag's preprocessing and licence from its
+# model file's pretrained cfg (default_cfgs: input_size, crop_pct, interpolation, mean/std, 'license'), its top-1
+# from results/results-imagenet.csv (the row of the tag at its cfg's input size and crop_pct).
+_TIMM = "huggingface/pytorch-image-models@aa4b5850c1543fa488abf260f18390eda46cf85d"
+_TIMM_TOP1 = f"top-1: {_TIMM} results/results-imagenet.csv"
+_HALF = (0.5, 0.5, 0.5)  # IMAGENET_INCEPTION_MEAN / _STD: Google's ViTs take (x - 0.5) / 0.5
 
 
-def _timm(
-    model: str,
-    tag: str,
-    origin: str,
-    *,
-    crop_pct: float,
-    size: int = 224,
-    top1=None,
-    top1_at=None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    layout=None,
-    url=None,
-    interpolation="bicubic",
-    licence=_UNVERIFIED,
-) -> PretrainedTag:
+def _timm(model: str, tag: str, cfg: str, size: int, crop_pct: float, interpolation: str, top1: float, licence: str,
+          *, mean=IMAGENET_MEAN, std=IMAGENET_STD, layout=None, url=None) -> PretrainedTag:  # fmt: skip
+    """A timm-hosted release: hub repo ``timm/<model>.<tag>``, ``model.safetensors``."""
     return PretrainedTag(
         model=model, tag=tag, hf_hub_id=f"timm/{model}.{tag}", revision="main", filename="model.safetensors",
         layout=layout, input_size=(3, size, size), mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
-        interpolation=interpolation, num_classes=1000, label_set="imagenet-1k", top1=top1,
-        top1_resolution=top1_at if top1 is not None else None, licence=licence, origin=origin, url=url,
+        interpolation=interpolation, num_classes=1000, label_set="imagenet-1k", top1=top1, top1_resolution=size,
+        licence=licence, origin=f"{_TIMM} {cfg} default_cfgs['{model}.{tag}']; {_TIMM_TOP1}", url=url,
     )  # fmt: skip
 
-
-_VOLO_URL = "https://github.com/sail-sg/volo/releases/download/volo_1/"
-# VOLO: the top-1 is the figure in the official file name (d1_224_84.2.pth.tar), at the tag's resolution.
-_VOLO = [
-    ("volo_d1_224", 0.96, 224, "d1_224_84.2.pth.tar", 84.2), ("volo_d1_384", 1.0, 384, "d1_384_85.2.pth.tar", 85.2),
-    ("volo_d2_224", 0.96, 224, "d2_224_85.2.pth.tar", 85.2), ("volo_d2_384", 1.0, 384, "d2_384_86.0.pth.tar", 86.0),
-    ("volo_d3_224", 0.96, 224, "d3_224_85.4.pth.tar", 85.4), ("volo_d3_448", 1.0, 448, "d3_448_86.3.pth.tar", 86.3),
-    ("volo_d4_224", 0.96, 224, "d4_224_85.7.pth.tar", 85.7), ("volo_d4_448", 1.15, 448, "d4_448_86.79.pth.tar", 86.79),
-    ("volo_d5_224", 0.96, 224, "d5_224_86.10.pth.tar", 86.10), ("volo_d5_448", 1.15, 448, "d5_448_87.0.pth.tar", 87.0),
-    ("volo_d5_512", 1.15, 512, "d5_512_87.07.pth.tar", 87.07),
-]  # fmt: skip
 
 _TAGS: dict[str, PretrainedTag] = {}
-for _model in ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_small", "twins_svt_base",
-               "twins_svt_large"):  # fmt: skip
-    # Twins: the top-1 is the paper's (the registry's PaperFigures), at 224.
-    _TAGS[f"{_model}.in1k"] = replace(
-        _timm(_model, "in1k", _TIMM_TWINS, crop_pct=0.9, licence="apache-2.0"), paper_release=True
-    )
-for _model, _crop, _size, _file, _top1 in _VOLO:
-    _TAGS[f"{_model}.sail_in1k"] = _timm(
-        _model, "sail_in1k", _TIMM_VOLO, crop_pct=_crop, size=_size, top1=_top1, top1_at=_size, url=_VOLO_URL + _file
-    )
-# ViT: every timm vit_* cfg takes mean = std = 0.5 (IMAGENET_INCEPTION_*), crop_pct 0.9 (1.0 at 384), bicubic; the
-# files are Google's (augreg, orig); the records name the .npz originals as ``url`` where timm's cfg gives one.
+
+
+def _add(record: PretrainedTag) -> None:
+    _TAGS[record.name] = record
+
+
+# Twins (timm/models/twins.py: _cfg crop_pct .9, bicubic, ImageNet mean/std, apache-2.0): timm's twins_* are glocal's.
+for _model, _top1 in (
+    ("twins_pcpvt_small", 81.116), ("twins_pcpvt_base", 82.724), ("twins_pcpvt_large", 83.158),
+    ("twins_svt_small", 81.694), ("twins_svt_base", 83.122), ("twins_svt_large", 83.718),
+):  # fmt: skip
+    _add(_timm(_model, "in1k", "timm/models/twins.py", 224, 0.9, "bicubic", _top1, "apache-2.0"))
+
+# VOLO (timm/models/volo.py: bicubic, ImageNet mean/std, apache-2.0 as sail-sg/volo's LICENSE): the official files
+# (sail-sg/volo README, release volo_1) re-hosted by timm; crop_pct as each cfg gives it (1.15 at 448/512 for d4/d5).
+_VOLO_URL = "https://github.com/sail-sg/volo/releases/download/volo_1/"
+for _model, _crop, _size, _file, _top1 in (
+    ("volo_d1_224", 0.96, 224, "d1_224_84.2.pth.tar", 84.148), ("volo_d1_384", 1.0, 384, "d1_384_85.2.pth.tar", 85.262),
+    ("volo_d2_224", 0.96, 224, "d2_224_85.2.pth.tar", 85.204), ("volo_d2_384", 1.0, 384, "d2_384_86.0.pth.tar", 86.054),
+    ("volo_d3_224", 0.96, 224, "d3_224_85.4.pth.tar", 85.440), ("volo_d3_448", 1.0, 448, "d3_448_86.3.pth.tar", 86.514),
+    ("volo_d4_224", 0.96, 224, "d4_224_85.7.pth.tar", 85.868),
+    ("volo_d4_448", 1.15, 448, "d4_448_86.79.pth.tar", 86.788),
+    ("volo_d5_224", 0.96, 224, "d5_224_86.10.pth.tar", 86.076),
+    ("volo_d5_448", 1.15, 448, "d5_448_87.0.pth.tar", 86.974),
+    ("volo_d5_512", 1.15, 512, "d5_512_87.07.pth.tar", 87.068),
+):  # fmt: skip
+    _add(_timm(_model, "sail_in1k", "timm/models/volo.py", _size, _crop, "bicubic", _top1, "apache-2.0",
+               url=_VOLO_URL + _file))  # fmt: skip
+
+# ViT (timm/models/vision_transformer.py: mean = std = 0.5, crop_pct .9 at 224 and 1.0 at 384, bicubic, apache-2.0):
+# Google's weights (augreg, the original in21k fine-tunes, SAM), timm's safetensors in glocal's names with the
+# half-normalised input (layout timm-vit-augreg); ``url`` names the .npz original where timm's cfg gives one.
 _AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
-_VIT = [
-    ("vit_tiny_patch16_224", "augreg_in21k_ft_in1k", 224,
+for _model, _tag, _size, _top1, _npz in (
+    ("vit_tiny_patch16_224", "augreg_in21k_ft_in1k", 224, 75.452,
      "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"),
-    ("vit_small_patch16_224", "augreg_in21k_ft_in1k", 224,
+    ("vit_small_patch16_224", "augreg_in21k_ft_in1k", 224, 81.402,
      "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"),
-    ("vit_small_patch16_224", "augreg_in1k", 224,
+    ("vit_small_patch16_224", "augreg_in1k", 224, 78.842,
      "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
-    ("vit_base_patch16_224", "augreg2_in21k_ft_in1k", 224, None),
-    ("vit_base_patch16_224", "augreg_in21k_ft_in1k", 224,
+    ("vit_base_patch16_224", "augreg2_in21k_ft_in1k", 224, 85.108, None),
+    ("vit_base_patch16_224", "augreg_in21k_ft_in1k", 224, 84.534,
      "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
-    ("vit_base_patch16_224", "orig_in21k_ft_in1k", 224, None),
-    ("vit_base_patch16_224", "augreg_in1k", 224,
+    ("vit_base_patch16_224", "orig_in21k_ft_in1k", 224, 81.782, None),
+    ("vit_base_patch16_224", "augreg_in1k", 224, 79.154,
      "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
-    ("vit_base_patch16_384", "augreg_in21k_ft_in1k", 384,
+    ("vit_base_patch16_224", "sam_in1k", 224, 80.246, None),
+    ("vit_base_patch16_384", "augreg_in21k_ft_in1k", 384, 86.010,
      "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz"),
-    ("vit_base_patch16_384", "orig_in21k_ft_in1k", 384, None),
-    ("vit_base_patch16_384", "augreg_in1k", 384,
+    ("vit_base_patch16_384", "orig_in21k_ft_in1k", 384, 84.212, None),
+    ("vit_base_patch16_384", "augreg_in1k", 384, 81.102,
      "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.npz"),
-    ("vit_large_patch16_224", "augreg_in21k_ft_in1k", 224,
+    ("vit_large_patch16_224", "augreg_in21k_ft_in1k", 224, 85.856,
      "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz"),
-]  # fmt: skip
-for _model, _tag, _size, _npz in _VIT:
-    _TAGS[f"{_model}.{_tag}"] = _timm(
-        _model, _tag, _TIMM_VIT, crop_pct=0.9 if _size == 224 else 1.0, size=_size, mean=(0.5,) * 3,
-        std=(0.5,) * 3, layout="timm-vit-augreg", licence="apache-2.0", url=_AUGREG + _npz if _npz else None,
-    )  # fmt: skip
+):  # fmt: skip
+    _add(_timm(_model, _tag, "timm/models/vision_transformer.py", _size, 0.9 if _size == 224 else 1.0, "bicubic",
+               _top1, "apache-2.0", mean=_HALF, std=_HALF, layout="timm-vit-augreg",
+               url=_AUGREG + _npz if _npz else None))  # fmt: skip
 
-# ResNet: timm's resnet50/101 are glocal's (torchvision names). _rcfg (the ResNet strikes back a1/a2 recipes):
-# bicubic, crop_pct 0.95; _cfg (torchvision's tv_in1k): bilinear, 0.875, bsd-3-clause. The records keep timm's
-# input_size (224); its test_input_size (288) is not used here.
-for _model in ("resnet50", "resnet101"):
-    for _tag in ("a1_in1k", "a2_in1k"):
-        _TAGS[f"{_model}.{_tag}"] = _timm(_model, _tag, _TIMM_RESNET, crop_pct=0.95, licence="apache-2.0")
-    _TAGS[f"{_model}.tv_in1k"] = replace(
-        _timm(_model, "tv_in1k", _TIMM_RESNET, crop_pct=0.875, interpolation="bilinear", licence="bsd-3-clause"),
-        paper_release=True,  # the registry's figure for ResNet is torchvision's, these weights
-    )
+# ResNet (timm/models/resnet.py): timm's resnet50/101 are glocal's (torchvision names), whatever the recipe. _rcfg /
+# _r3cfg (ResNet strikes back, timm's own recipes): bicubic, 0.95 (a3: 160 px; a1h: 176 px, 0.9); _gcfg (Gluon
+# v1b ports), _tcfg-like timm recipes (ra, ram, am, bt): bicubic 0.875; _cfg (torchvision tv/tv2, Facebook's
+# semi-/weakly supervised): bilinear 0.875 (tv2: 176 px). The records keep each cfg's input_size, not its
+# test_input_size, and its licence: bsd-3-clause (torchvision), cc-by-nc-4.0 (Facebook's), else apache-2.0.
+_RESNET = [
+    ("resnet50", "a1_in1k", 224, 0.95, "bicubic", 80.382, "apache-2.0"),
+    ("resnet50", "a1h_in1k", 176, 0.9, "bicubic", 79.264, "apache-2.0"),
+    ("resnet50", "a2_in1k", 224, 0.95, "bicubic", 79.828, "apache-2.0"),
+    ("resnet50", "a3_in1k", 160, 0.95, "bicubic", 75.994, "apache-2.0"),
+    ("resnet50", "am_in1k", 224, 0.875, "bicubic", 79.004, "apache-2.0"),
+    ("resnet50", "b1k_in1k", 224, 0.95, "bicubic", 79.564, "apache-2.0"),
+    ("resnet50", "b2k_in1k", 224, 0.95, "bicubic", 79.388, "apache-2.0"),
+    ("resnet50", "bt_in1k", 224, 0.875, "bicubic", 78.444, "apache-2.0"),
+    ("resnet50", "c1_in1k", 224, 0.95, "bicubic", 79.766, "apache-2.0"),
+    ("resnet50", "c2_in1k", 224, 0.95, "bicubic", 79.868, "apache-2.0"),
+    ("resnet50", "d_in1k", 224, 0.95, "bicubic", 79.904, "apache-2.0"),
+    ("resnet50", "fb_ssl_yfcc100m_ft_in1k", 224, 0.875, "bilinear", 79.252, "cc-by-nc-4.0"),
+    ("resnet50", "fb_swsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 81.146, "cc-by-nc-4.0"),
+    ("resnet50", "gluon_in1k", 224, 0.875, "bicubic", 77.580, "apache-2.0"),
+    ("resnet50", "ra_in1k", 224, 0.875, "bicubic", 78.820, "apache-2.0"),
+    ("resnet50", "ram_in1k", 224, 0.875, "bicubic", 79.034, "apache-2.0"),
+    ("resnet50", "tv2_in1k", 176, 0.875, "bilinear", 79.434, "bsd-3-clause"),
+    ("resnet50", "tv_in1k", 224, 0.875, "bilinear", 76.156, "bsd-3-clause"),
+    ("resnet101", "a1_in1k", 224, 0.95, "bicubic", 81.494, "apache-2.0"),
+    ("resnet101", "a1h_in1k", 224, 0.95, "bicubic", 81.950, "apache-2.0"),
+    ("resnet101", "a2_in1k", 224, 0.95, "bicubic", 81.344, "apache-2.0"),
+    ("resnet101", "a3_in1k", 160, 0.95, "bicubic", 77.928, "apache-2.0"),
+    ("resnet101", "gluon_in1k", 224, 0.875, "bicubic", 79.306, "apache-2.0"),
+    ("resnet101", "tv2_in1k", 176, 0.875, "bilinear", 79.908, "bsd-3-clause"),
+    ("resnet101", "tv_in1k", 224, 0.875, "bilinear", 77.404, "bsd-3-clause"),
+]
+for _model, _tag, _size, _crop, _interp, _top1, _licence in _RESNET:
+    _add(_timm(_model, _tag, "timm/models/resnet.py", _size, _crop, _interp, _top1, _licence))
 
-# SE-ResNet: timm's legacy_seresnet50/101.in1k are Cadene's port of the official SENet Caffe weights, published as
-# URLs whose names carry the sha256 prefix (torch.hub convention); glocal's seresnet50/101 is that architecture.
+# SE-ResNet: timm's legacy_seresnet50/101.in1k (timm/models/senet.py: _cfg bilinear, 0.875, apache-2.0, a URL and no
+# hub repo) are Cadene's port of the official SENet Caffe weights (hujie-frank/SENet, Apache-2.0), published under
+# names carrying their sha256 prefix (torch.hub convention); glocal's seresnet50/101 is that architecture. Top-1 as
+# Cadene/pretrained-models.pytorch's README reports its port ("Our porting", 224 px).
 _CADENE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/"
-for _model, _file in (("seresnet50", "se_resnet50-ce0d4300.pth"), ("seresnet101", "se_resnet101-7e38fcc6.pth")):
-    _TAGS[f"{_model}.cadene_in1k"] = PretrainedTag(
+_CADENE_ORIGIN = (f"{_TIMM} timm/models/senet.py default_cfgs['legacy_{{}}.in1k'] (preprocessing, licence); top-1: "
+                  "Cadene/pretrained-models.pytorch@8aae3d8f1135b6b13fed79c1d431e3449fdbf6e0 README.md accuracy "
+                  "table")  # fmt: skip
+for _model, _file, _top1 in (("seresnet50", "se_resnet50-ce0d4300.pth", 77.636),
+                             ("seresnet101", "se_resnet101-7e38fcc6.pth", 78.396)):  # fmt: skip
+    _add(PretrainedTag(
         model=_model, tag="cadene_in1k", hf_hub_id=None, revision=None, filename=_file,
         layout="timm-legacy-seresnet", input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        crop_pct=0.875, interpolation="bilinear", num_classes=1000, label_set="imagenet-1k", top1=None,
-        top1_resolution=None, licence="apache-2.0", origin=_TIMM_SENET, url=_CADENE + _file, paper_release=True,
-    )  # fmt: skip
+        crop_pct=0.875, interpolation="bilinear", num_classes=1000, label_set="imagenet-1k", top1=_top1,
+        top1_resolution=224, licence="apache-2.0", origin=_CADENE_ORIGIN.format(_model), url=_CADENE + _file,
+    ))  # fmt: skip
 
+# T2T-ViT: the official release files (yitu-opensource/T2T-ViT README.md model tables: file, top-1), evaluated by its
+# main.py with models/t2t_vit.py's _cfg (crop_pct .9, bicubic, ImageNet mean/std) at --img-size (384 for the
+# "T2T-ViT-14, 384" file); EMA weights (the README's use_ema=True); Clear BSD (the repository's LICENSE). The
+# Performer T2T modules use the official key names (layout t2t-official), the Transformer ones (t2t_vit_t_*) glocal's.
 _T2T_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
-_T2T_ORIGIN = ("yitu-opensource/T2T-ViT README.md model tables (file, top-1) and models/t2t_vit.py _cfg (crop_pct .9, "
-               "bicubic, ImageNet mean/std); licence from the file header")  # fmt: skip
-# The official release files, their top-1 (224 px), and whether the T2T module is Performer (own key names).
-_T2T = [
-    ("t2t_vit_7", "71.7_T2T_ViT_7.pth.tar", 71.7), ("t2t_vit_10", "75.2_T2T_ViT_10.pth.tar", 75.2),
-    ("t2t_vit_12", "76.5_T2T_ViT_12.pth.tar", 76.5), ("t2t_vit_14", "81.5_T2T_ViT_14.pth.tar", 81.5),
-    ("t2t_vit_19", "81.9_T2T_ViT_19.pth.tar", 81.9), ("t2t_vit_24", "82.3_T2T_ViT_24.pth.tar", 82.3),
-    ("t2t_vit_t_14", "81.7_T2T_ViTt_14.pth.tar", 81.7), ("t2t_vit_t_19", "82.4_T2T_ViTt_19.pth.tar", 82.4),
-    ("t2t_vit_t_24", "82.6_T2T_ViTt_24.pth.tar", 82.6),
-]  # fmt: skip
-for _model, _file, _top1 in _T2T:
-    _TAGS[f"{_model}.official_in1k"] = PretrainedTag(
-        model=_model, tag="official_in1k", hf_hub_id=None, revision=None, filename=_file,
-        layout=None if "_t_" in _model else "t2t-official", input_size=(3, 224, 224), mean=IMAGENET_MEAN,
+_T2T_ORIGIN = ("yitu-opensource/T2T-ViT@0f63dc9558f4d192de926504dbddfa1b3f5db6ca README.md model tables (file, top-1), "
+               "models/t2t_vit.py _cfg (crop_pct .9, bicubic, ImageNet mean/std), LICENSE (Clear BSD)")  # fmt: skip
+for _model, _tag, _size, _file, _top1 in (
+    ("t2t_vit_7", "official_in1k", 224, "71.7_T2T_ViT_7.pth.tar", 71.7),
+    ("t2t_vit_10", "official_in1k", 224, "75.2_T2T_ViT_10.pth.tar", 75.2),
+    ("t2t_vit_12", "official_in1k", 224, "76.5_T2T_ViT_12.pth.tar", 76.5),
+    ("t2t_vit_14", "official_in1k", 224, "81.5_T2T_ViT_14.pth.tar", 81.5),
+    ("t2t_vit_14", "official_in1k_384", 384, "83.3_T2T_ViT_14.pth.tar", 83.3),
+    ("t2t_vit_19", "official_in1k", 224, "81.9_T2T_ViT_19.pth.tar", 81.9),
+    ("t2t_vit_24", "official_in1k", 224, "82.3_T2T_ViT_24.pth.tar", 82.3),
+    ("t2t_vit_t_14", "official_in1k", 224, "81.7_T2T_ViTt_14.pth.tar", 81.7),
+    ("t2t_vit_t_19", "official_in1k", 224, "82.4_T2T_ViTt_19.pth.tar", 82.4),
+    ("t2t_vit_t_24", "official_in1k", 224, "82.6_T2T_ViTt_24.pth.tar", 82.6),
+):  # fmt: skip
+    _add(PretrainedTag(
+        model=_model, tag=_tag, hf_hub_id=None, revision=None, filename=_file,
+        layout=None if "_t_" in _model else "t2t-official", input_size=(3, _size, _size), mean=IMAGENET_MEAN,
         std=IMAGENET_STD, crop_pct=0.9, interpolation="bicubic", num_classes=1000, label_set="imagenet-1k",
-        top1=_top1, top1_resolution=224, licence="Clear BSD (Shanghai Yitu Technology)", origin=_T2T_ORIGIN,
+        top1=_top1, top1_resolution=_size, licence="Clear BSD (Shanghai Yitu Technology)", origin=_T2T_ORIGIN,
         url=_T2T_URL + _file, ema=True,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 # Registered models with no public ImageNet-1k classification weights, and why.
 NO_PUBLIC_WEIGHTS = {
@@ -225,23 +253,18 @@ NO_PUBLIC_WEIGHTS = {
 }
 
 
-def _with_paper_top1(record: PretrainedTag) -> PretrainedTag:
-    """The paper's top-1 for the paper's own releases; other releases report only the figure their source gives."""
-    if record.top1 is not None or not record.paper_release:
-        return record
-    paper = get_entry(record.model).paper
-    return replace(record, top1=paper.top1, top1_resolution=record.input_size[-1] if paper.top1 else None)
-
-
 def list_pretrained(pattern: str | None = None) -> list[str]:
     """Every tag (``model.tag``), sorted, optionally filtered by a glob pattern (``'volo_*'``)."""
     names = sorted(_TAGS)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
-def get_pretrained(name: str, pretrained: bool | str = True) -> PretrainedTag:
+def get_pretrained(name: str, pretrained: bool | str = True, *, revision: str | None = None) -> PretrainedTag:
     """The record of ``name`` (``model`` or ``model.tag``) for ``pretrained`` (True: the model's default tag, the
-    first listed; a string: that tag). Raises ``ValueError`` naming the tags there are."""
+    first listed; a string: that tag). Raises ``ValueError`` naming the tags there are.
+
+    ``revision`` pins a Hugging Face tag to a commit of its repository (or another branch) instead of the recorded
+    one; without it ``$GLOCAL_HF_REVISION`` does the same for Hugging Face tags (URL tags ignore the variable)."""
     model, _, tag = name.partition(".")
     if isinstance(pretrained, str):
         if tag and tag != pretrained:
@@ -256,7 +279,15 @@ def get_pretrained(name: str, pretrained: bool | str = True) -> PretrainedTag:
     full = f"{model}.{tag}" if tag else tags[0]
     if full not in _TAGS:
         raise ValueError(f"unknown weight tag {full!r}; {model!r} has {tags}")
-    return _with_paper_top1(_TAGS[full])
+    record = _TAGS[full]
+    if revision is not None:
+        if not isinstance(revision, str) or not revision:
+            raise TypeError(f"revision must be a commit hash or branch name of {record.hf_hub_id}, got {revision!r}")
+        if record.hf_hub_id is None:
+            raise ValueError(f"revision={revision!r} applies to Hugging Face tags; {full} is fetched from {record.url}")
+    elif record.hf_hub_id is not None:
+        revision = os.environ.get("GLOCAL_HF_REVISION") or None
+    return replace(record, revision=revision) if revision else record
 
 
 def cache_dir() -> Path:

@@ -76,12 +76,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def pretrained_classes(model: nn.Module) -> tuple[str, ...] | None:
+    """The class names of ``model``'s pretrained tag (``model.pretrained_cfg``) where its classifier still has that
+    label set's size (a ``num_classes`` override replaced it), else None."""
+    tag = getattr(model, "pretrained_cfg", None)
+    if tag is None or getattr(model, "num_classes", None) != tag.num_classes:
+        return None
+    return tag.classes
+
+
 def checkpoint_config(
     model: nn.Module, *, classes: Sequence[str] | None = None, metrics: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``config.json`` content for ``model``: what rebuilds it, how images reach it, its class names."""
+    """The ``config.json`` content for ``model``: what rebuilds it, how images reach it, its class names (by default
+    those of its pretrained tag's label set, while its classifier is still that label set's)."""
     name = getattr(model, "model_name", None)
     num_classes = getattr(model, "num_classes", None)
+    if classes is None:
+        classes = pretrained_classes(model)
     if classes is not None and num_classes is not None and len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names given for a model with {num_classes} classes")
     config = {
