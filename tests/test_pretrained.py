@@ -154,7 +154,7 @@ def test_weights_cli_lists_tags_and_models_without_weights(tmp_path, monkeypatch
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["weights", "volo_d1*"]) == 0
     out = capsys.readouterr().out
-    assert "volo_d1_224.sail_in1k" in out and "84.15" in out and "no" in out
+    assert "volo_d1_224.sail_in1k" in out and "84.148" in out and "no" in out
     assert main(["weights", "botnet*"]) == 0
     assert "botnet50: no public ImageNet weights" in capsys.readouterr().out
 
@@ -465,3 +465,16 @@ def test_revision_pins_a_hub_tag(tmp_path, monkeypatch):
         get_pretrained("t2t_vit_7", revision=other)
     with pytest.raises(ValueError, match="applies to pretrained"):
         glocal.create_model("resnet50", revision=other)
+
+
+def test_checkpoints_doc_lists_every_tag(capsys):
+    """docs/checkpoints.md shows `glocal weights --markdown` (every tag, its source, top-1 and licence) verbatim."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "checkpoints.md").read_text()
+    begin, end = "<!-- glocal weights --markdown: begin -->\n", "<!-- glocal weights --markdown: end -->"
+    shown = doc[doc.index(begin) + len(begin) : doc.index(end)]
+    assert main(["weights", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert shown == table, "docs/checkpoints.md is out of date: paste `glocal weights --markdown` between its markers"
+    assert all(f"| `{name}` |" in table for name in list_pretrained())
