@@ -5,8 +5,10 @@ by ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``); URL sources (official Gi
 cache folder (``$GLOCAL_HOME``, default ``~/.cache/glocal``) through a temporary file renamed when complete, checked
 against the sha256 prefix in the file name where the source publishes one (torch.hub's ``name-<hash>.ext``
 convention) and otherwise recorded in the cache's ``manifest.json``. ``GLOCAL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``
-never touches the network. A tag only loads weights and sets the preprocessing it was evaluated with; it never
-changes the architecture.
+never touches the network. A tag only loads weights and sets the preprocessing and input size it was evaluated
+with; it never changes the architecture. Hugging Face tags resolve their recorded revision, ``main`` (the commit
+hashes of timm's hub repositories could not be read where the records were transcribed, so none is invented);
+``get_pretrained(..., revision=COMMIT)``, ``create_model(..., revision=COMMIT)`` or ``$GLOCAL_HF_REVISION`` pin one.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class PretrainedTag:
     model: str
     tag: str
     hf_hub_id: str | None  # None: the file is fetched from ``url``
-    revision: str | None  # the Hugging Face revision (branch or commit); see ``pretrained_file`` for pinning
+    revision: str | None  # the Hugging Face revision (branch or commit); get_pretrained(revision=) pins another
     filename: str
     layout: str | None  # None: detected from the keys (glocal's names)
     input_size: tuple[int, int, int]
