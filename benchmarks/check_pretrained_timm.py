@@ -9,11 +9,15 @@ glocal's ``create_transform`` of the tag. Printed per tag: the tag's fields that
 torchvision's transforms import) and of the logits. Needs timm (see benchmarks/README.md for the peer environment):
 
     PYTHONPATH=src:/tmp/peers_pkgs OMP_NUM_THREADS=1 python benchmarks/check_pretrained_timm.py [PATTERN ...]
+
+``--results-csv PATH`` (timm's results/results-imagenet.csv, from a checkout of timm) also checks each tag's
+reported top-1 against the CSV row at the tag's input size, crop_pct and interpolation.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import fnmatch
 import os
 import sys
@@ -57,6 +61,17 @@ def tuple_or(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def csv_differences(record, rows: list[dict]) -> list[str]:
+    """Where the record's top-1 is not the results CSV's figure at the record's view (Cadene's tags report the
+    README's figure for the port: the CSV's is shown)."""
+    view = [r for r in rows if r["model"] == timm_name(record) and int(r["img_size"]) == record.input_size[-1]
+            and float(r["crop_pct"]) == record.crop_pct and r["interpolation"] == record.interpolation]  # fmt: skip
+    if len(view) != 1:
+        return [f"results CSV: {len(view)} rows at {record.input_size[-1]} px, crop_pct {record.crop_pct}"]
+    top1 = float(view[0]["top1"])
+    return [] if top1 == record.top1 else [f"top1: glocal {record.top1} results CSV {top1}"]
+
+
 def place(record, state_dict: dict) -> None:
     """Put ``state_dict`` where ``record``'s downloader looks for its file."""
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
@@ -84,7 +99,9 @@ def timm_view(timm, model, image: Image.Image) -> torch.Tensor | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("patterns", nargs="*", default=["*"], help="glob patterns of tags (default: all)")
+    parser.add_argument("--results-csv", type=Path, help="timm's results/results-imagenet.csv to check top-1 against")
     args = parser.parse_args()
+    rows = list(csv.DictReader(args.results_csv.open())) if args.results_csv else None
     disable_torchvision_native_ops()
     try:
         import timm
@@ -108,7 +125,7 @@ def main() -> int:
                 module.running_var.uniform_(0.5, 1.5)
         place(record, peer.state_dict())
         model = glocal.create_model(name, pretrained=True).eval()
-        differences = cfg_differences(record, peer.pretrained_cfg)
+        differences = cfg_differences(record, peer.pretrained_cfg) + (csv_differences(record, rows) if rows else [])
         x = create_transform(model.pretrained_cfg)(image)[None]
         theirs = timm_view(timm, peer, image)
         x_diff = f"{(x - theirs).abs().max().item():9.2e}" if theirs is not None else f"{'n/a':>9}"
