@@ -153,8 +153,8 @@ class TrainConfig:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS} (or null), got {self.interpolation!r}")
         if self.pretrained and self.checkpoint is not None:
             raise ValueError(
-                f"give the initial weights once: checkpoint {self.checkpoint!r} or pretrained {self.pretrained!r}, "
-                f"not both"
+                f"give the weights once: checkpoint {self.checkpoint!r} or pretrained {self.pretrained!r} to start "
+                f"from, not both"
             )
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
