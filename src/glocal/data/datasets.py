@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from glocal.data.transforms import EvalTransform
+
 __all__ = [
     "DIGITS_CLASSES",
-    "INTERPOLATIONS",
     "ImageDataset",
     "ImageFolder",
     "TensorImages",
@@ -88,30 +89,6 @@ def load_digits_split(split: str) -> TensorImages:
     keep = is_val if split == "val" else ~is_val
     x = torch.from_numpy(images[keep])[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, 8, 8)
     return TensorImages(images=x, labels=torch.from_numpy(targets[keep]), classes=DIGITS_CLASSES)
-
-
-# timm's interpolation names (``str_to_interp_mode``) and the PIL filters torchvision maps them to.
-_RESAMPLING = {
-    "nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "box": "BOX", "hamming": "HAMMING",
-    "lanczos": "LANCZOS",
-}  # fmt: skip
-INTERPOLATIONS = tuple(_RESAMPLING)
-
-
-def pil_resampling(interpolation: str) -> Image.Resampling:
-    """PIL's resampling filter for a data config's ``interpolation`` name."""
-    if interpolation not in _RESAMPLING:
-        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(_RESAMPLING)}")
-    return getattr(Image.Resampling, _RESAMPLING[interpolation])
-
-
-def _resize_short_center_crop(image: Image.Image, size: int, interpolation: str) -> Image.Image:
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), pil_resampling(interpolation))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 class ImageFolder(ImageDataset):
@@ -208,10 +185,10 @@ def read_rgb(path: str | Path) -> Image.Image:
 
 def load_image(path: str | Path, load_size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized with
-    ``interpolation`` (the model's ``data_config.interpolation``), centre-cropped."""
-    image = _resize_short_center_crop(read_rgb(path), load_size, interpolation)
-    array = np.asarray(image, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+    ``interpolation`` (the model's ``data_config.interpolation``), centre-cropped: the eval view's resize and crop
+    at crop_pct 1.0 (:class:`~glocal.data.transforms.EvalTransform`; no normalisation, so mean and std are unused)."""
+    square = EvalTransform((load_size, load_size), 1.0, interpolation, (0.0,) * 3, (1.0,) * 3, normalize=False)
+    return square(read_rgb(path))
 
 
 def open_dataset(

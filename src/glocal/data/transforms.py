@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 __all__ = [
+    "INTERPOLATIONS",
     "EvalTransform",
     "MixConfig",
     "create_transform",
@@ -127,6 +128,23 @@ def mix_batch(
     return images, targets * lam + targets.flip(0) * (1.0 - lam)
 
 
+# timm's interpolation names (``str_to_interp_mode``) and the PIL filters torchvision maps them to.
+_RESAMPLING = {
+    "nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "box": "BOX", "hamming": "HAMMING",
+    "lanczos": "LANCZOS",
+}  # fmt: skip
+INTERPOLATIONS = tuple(_RESAMPLING)
+
+
+def pil_resampling(interpolation: str):
+    """PIL's resampling filter for a data config's ``interpolation`` name."""
+    from PIL import Image
+
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(_RESAMPLING)}")
+    return getattr(Image.Resampling, _RESAMPLING[interpolation])
+
+
 class EvalTransform:
     """The evaluation view of a data config, as timm's eval transform (``transforms_imagenet_eval``, crop mode
     'center') computes it on PIL images: a callable PIL image -> (3, H, W) tensor. Build it with
@@ -142,8 +160,6 @@ class EvalTransform:
     """
 
     def __init__(self, size: tuple[int, int], crop_pct: float, interpolation: str, mean, std, normalize: bool = True):
-        from glocal.data.datasets import pil_resampling
-
         if not crop_pct > 0:
             raise ValueError(f"crop_pct must be positive, got {crop_pct}")
         self.size = (int(size[0]), int(size[1]))

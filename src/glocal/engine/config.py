@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from glocal.data.datasets import INTERPOLATIONS
+from glocal.data.transforms import INTERPOLATIONS
 from glocal.validate import check_fields
 
 __all__ = ["TrainConfig", "load_recipe"]
