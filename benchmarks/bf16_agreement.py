@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from glocal.data.datasets import load_digits_split
+from glocal.data.datasets import load_digits_split, open_dataset
+from glocal.data.transforms import normalize
 from glocal.engine import TrainConfig, train
-from glocal.engine.evaluate import eval_view
 from glocal.engine.inference import restore_model
 from glocal.optimize import optimize_for_inference
 
@@ -51,7 +51,8 @@ def main() -> int:
                           output=tempfile.mkdtemp(prefix=f"{name}-", dir=args.out))  # fmt: skip
         result = train(cfg)
         restored = restore_model(result.checkpoint)  # the training state: architecture and view come with it
-        x = eval_view(val.images, restored.img_size, restored.crop_pct, restored.mean, restored.std)
+        viewed = open_dataset(None, "val", transform=restored.transform.pixels)  # the eval view of each digit
+        x = normalize(viewed.images, restored.mean, restored.std)
         half = optimize_for_inference(restored.model, example=x[:8], dtype=torch.bfloat16)
         with torch.inference_mode():
             fp32 = restored.model(x)

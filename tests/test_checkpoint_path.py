@@ -64,7 +64,8 @@ def test_eval_predict_export_need_only_the_model_folder(run, tree, tmp_path, cap
     assert metrics["top1"] == pytest.approx(run.val.top1)  # the weights model/ holds, evaluated as training did
 
     assert main(["predict", "--checkpoint", str(run.weights), str(tree / "val" / "dog"), "--top-k", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    view, *lines = capsys.readouterr().out.splitlines()
+    assert view.startswith("preprocessing: resize shorter side to 36 (bilinear), centre crop 32x32 (crop_pct 0.875)")
     assert len(lines) == 4 and all(re.search(r": (cat|dog) \d", line) for line in lines)
     assert main(["predict", "--checkpoint", str(run.weights), str(tree / "val" / "*" / "0.png"), "--json"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2

@@ -98,7 +98,7 @@ def test_evaluate_counts_and_confusion():
     images = torch.cat([torch.zeros(3, 3, 4, 4), torch.full((3, 3, 4, 4), 255)]).to(torch.uint8)
     data = TensorImages(images=images, labels=torch.tensor([0, 0, 1, 1, 1, 2]), classes=("a", "b", "c"))
     result = evaluate(
-        Oracle(), data, img_size=(4, 4), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, batch_size=4,
+        Oracle(), data, img_size=(4, 4), mean=(0.5,) * 3, std=(0.5,) * 3, batch_size=4,
         device=torch.device("cpu"),
     )  # fmt: skip
     assert result.count == 6 and result.top1 == pytest.approx(400 / 6)

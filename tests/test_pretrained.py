@@ -144,7 +144,8 @@ def test_loader_uses_the_given_interpolation(tmp_path):
     path = tmp_path / "img.png"
     _image(97, 61).save(path)
     bicubic = load_image(path, 32, "bicubic")
-    expected = np.asarray(_image(97, 61).resize((51, 32), Image.Resampling.BICUBIC))[:, 9:41]
+    # int(32 * 97 / 61) = 50 wide (torchvision's Resize truncates), centre crop at round(18 / 2) = 9.
+    expected = np.asarray(_image(97, 61).resize((50, 32), Image.Resampling.BICUBIC))[:, 9:41]
     assert torch.equal(bicubic, torch.from_numpy(expected.copy()).permute(2, 0, 1))
     assert not torch.equal(bicubic, load_image(path, 32, "bilinear"))
 
@@ -290,31 +291,43 @@ def test_imagenet_label_set_is_shipped():
     assert get_pretrained("volo_d1_224").classes == names
 
 
-def test_validate_on_a_synset_named_image_folder(tmp_path, monkeypatch, glocal_home, capsys):
-    import glocal.pretrained as pretrained
+def synset_image_folder(root, seed: int = 1) -> tuple[list[Image.Image], list[int]]:
+    """``root/<synset>/<i>.png``: two random images (260 wide, 240 and 250 high) for each of three ImageNet-1k
+    synsets (class indices 3, 500, 999); returns the images and their class indices."""
     from glocal.data.imagenet import imagenet1k_synsets
 
-    body, _, ema = _official_t2t_file(tmp_path)
     synsets = imagenet1k_synsets()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     images, targets = [], []
-    for k, synset in enumerate((synsets[3], synsets[500], synsets[999])):
-        (tmp_path / "val" / synset).mkdir(parents=True)
+    for index in (3, 500, 999):
+        (root / synsets[index]).mkdir(parents=True)
         for i in range(2):
             array = rng.integers(0, 256, (240 + 10 * i, 260, 3), dtype=np.uint8)
-            Image.fromarray(array).save(tmp_path / "val" / synset / f"{i}.png")
+            Image.fromarray(array).save(root / synsets[index] / f"{i}.png")
             images.append(Image.fromarray(array))
-            targets.append((3, 500, 999)[k])
+            targets.append(index)
+    return images, targets
+
+
+def view_by_hand(image: Image.Image, scale: int, crop: int, resample, mean, std) -> torch.Tensor:
+    """An eval view built with PIL alone, as torchvision's Resize(scale) and CenterCrop(crop) compute it: shorter side
+    to ``scale``, longer side truncated (``int``), centre crop at ``round((side - crop) / 2)``; normalised."""
+    w, h = image.size
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    left, top = round((new[0] - crop) / 2), round((new[1] - crop) / 2)
+    pixels = np.asarray(image.resize(new, resample))[top : top + crop, left : left + crop].copy()
+    return normalize(torch.from_numpy(pixels).permute(2, 0, 1)[None], mean, std)[0]
+
+
+def test_validate_on_a_synset_named_image_folder(tmp_path, monkeypatch, glocal_home, capsys):
+    import glocal.pretrained as pretrained
+
+    body, _, ema = _official_t2t_file(tmp_path)
+    images, targets = synset_image_folder(tmp_path / "val")
     # The expected figures from the source's model on the view built here with PIL alone: shorter side to
     # floor(224 / 0.9) = 248 bicubic, centre 224 crop, ImageNet mean/std.
-    views = []
-    for image in images:
-        w, h = image.size
-        new = (round(w * 248 / h), 248)
-        left, top = round((new[0] - 224) / 2), round((new[1] - 224) / 2)
-        crop = np.asarray(image.resize(new, Image.Resampling.BICUBIC))[top : top + 224, left : left + 224].copy()
-        views.append(normalize(torch.from_numpy(crop).permute(2, 0, 1)[None], glocal.models._base.IMAGENET_MEAN,
-                               glocal.models._base.IMAGENET_STD)[0])  # fmt: skip
+    mean, std = glocal.models._base.IMAGENET_MEAN, glocal.models._base.IMAGENET_STD
+    views = [view_by_hand(image, 248, 224, Image.Resampling.BICUBIC, mean, std) for image in images]
     with torch.no_grad():
         ranked = ema(torch.stack(views)).topk(5, dim=-1).indices
     hit = ranked == torch.tensor(targets)[:, None]

@@ -132,7 +132,9 @@ def create_model(
         )
     if record is not None:
         # Before loading: a layout that converts inputs (augreg's mean = std = 0.5) converts to the tag's own view.
-        model.data_config = dataclasses.replace(model.data_config, **record.data_config)
+        # The input size stays the one the model is built at (the tag's, unless img_size says otherwise).
+        view = {k: v for k, v in record.data_config.items() if k != "input_size"}
+        model.data_config = dataclasses.replace(model.data_config, **view)
         model.pretrained_cfg = record
     if ckpt is not None:
         if ckpt.data_config:

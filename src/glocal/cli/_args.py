@@ -15,10 +15,12 @@ __all__ = [
     "add_img_size",
     "add_model",
     "add_model_operand",
+    "add_weights",
     "find_images",
     "img_size",
     "model_operand",
     "positive_int",
+    "weights_of",
 ]
 
 
@@ -74,6 +76,41 @@ def add_checkpoint(p: argparse.ArgumentParser, *, required: bool = False, what: 
     """``--checkpoint PATH``: a model folder, a run's ``last.pt`` or any file glocal reads."""
     text = what or "a model folder (a run's model/ or best/), a run's last.pt, or any checkpoint glocal loads"
     p.add_argument("--checkpoint", metavar="PATH", required=required, help=text)
+
+
+def add_weights(p: argparse.ArgumentParser, *, what: str = "") -> None:
+    """Where a command's weights come from: ``--checkpoint PATH`` (:func:`add_checkpoint`) or ``--pretrained [TAG]``,
+    a published release of the model (its default tag without TAG); :func:`weights_of` reads them."""
+    add_checkpoint(p, what=what)
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        metavar="TAG",
+        help="published weights of --model: its default tag, or TAG (see `glocal weights`); ImageNet-1k classes, "
+        "the tag's own preprocessing",
+    )
+
+
+def weights_of(args: argparse.Namespace, *, required: bool = False) -> tuple[str | None, bool | str]:
+    """(checkpoint, pretrained) of :func:`add_weights`' flags: ``ValueError`` when both are given (or, ``required``,
+    neither), or when ``--pretrained`` took an image path for its TAG."""
+    checkpoint, pretrained = args.checkpoint, args.pretrained or False
+    if checkpoint is not None and pretrained:
+        raise ValueError(
+            f"give the weights once: --checkpoint {checkpoint} (trained weights or a weights file) or --pretrained "
+            f"(a published release of --model, see `glocal weights`), not both"
+        )
+    if required and checkpoint is None and not pretrained:
+        raise ValueError(
+            "give the weights: --checkpoint PATH (a trained model) or --pretrained [TAG] with --model NAME"
+        )
+    if isinstance(pretrained, str) and Path(pretrained).exists():
+        raise ValueError(
+            f"--pretrained took {pretrained!r} for its TAG, but that is a file: name the images before --pretrained, "
+            f"or write --pretrained=TAG"
+        )
+    return checkpoint, pretrained
 
 
 class _Size(argparse.Action):

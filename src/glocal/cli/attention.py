@@ -27,8 +27,8 @@ from glocal.analysis.attention import (
     to_pixels,
 )
 from glocal.analysis.figures import overlay_grid, plot_query_independence
-from glocal.cli._args import add_checkpoint, add_img_size, add_model_operand, find_images, img_size, model_operand
-from glocal.data import load_image
+from glocal.cli._args import add_img_size, add_model_operand, add_weights, find_images, model_operand, weights_of
+from glocal.data import EvalTransform, create_transform, read_rgb
 from glocal.data.transforms import normalize
 from glocal.engine.inference import restore_model
 from glocal.weights.io import write_bytes_atomic
@@ -41,14 +41,13 @@ def add_parser(sub, name: str) -> None:
         name,
         help="attention maps over images (PNG overlays) and GCNet's query-independence statistic",
         description="Record every attention map of MODEL on each IMAGE and draw it over the image: one panel per "
-        "attention layer (or head), the map of one query pixel or of the class token. Weights from --checkpoint "
-        "(rebuilt from it as every command does; MODEL must not contradict it); without one the model keeps its "
-        "random initialisation.",
+        "attention layer (or head), the map of one query pixel or of the class token, on the model's eval view of "
+        "the image. Weights from --checkpoint (rebuilt from it as every command does; MODEL must not contradict it) "
+        "or --pretrained; without either the model keeps its random initialisation.",
     )
     add_model_operand(p)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns ('dir/*.png')")
-    add_checkpoint(p)
-    p.add_argument("--pretrained", metavar="TAG", help="published weights, as create_model(pretrained=TAG)")
+    add_weights(p)
     p.add_argument("--classes", metavar="A,B,...", help="class names of a checkpoint without them")
     add_img_size(p, "input size (default: the checkpoint's or the model's)")
     p.add_argument("--layers", metavar="PATTERN", help="glob on attention layer names, e.g. 'blocks.1*'")
@@ -61,29 +60,21 @@ def add_parser(sub, name: str) -> None:
     p.set_defaults(run=run)
 
 
-def _load(args: argparse.Namespace):
-    """(model in eval mode, input (H, W), mean, std)."""
-    if args.checkpoint and args.pretrained:
-        raise ValueError("give the weights once: --checkpoint PATH or --pretrained TAG, not both")
-    if args.checkpoint:
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, EvalTransform]:
+    """(model in eval mode, its eval view): the weights of --checkpoint or --pretrained, else random ones."""
+    checkpoint, pretrained = weights_of(args)
+    if checkpoint or pretrained:
         classes = tuple(args.classes.split(",")) if args.classes else None
-        restored = restore_model(args.checkpoint, model=args.model, classes=classes, img_size=args.img_size)
-        return restored.model, restored.img_size, restored.mean, restored.std
-    if args.pretrained:
-        model = glocal.create_model(args.model, pretrained=args.pretrained)
-    else:
-        log.warning("%s: no --checkpoint, so the maps are those of randomly initialised weights", args.model)
-        model = glocal.create_model(args.model)
-    cfg = model.data_config
-    return model.eval(), img_size(args.img_size) or tuple(cfg.input_size[-2:]), cfg.mean, cfg.std
-
-
-def _load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) uint8: shorter side resized to max(H, W), centre crop of H x W."""
-    side = max(size)
-    image = load_image(path, side)  # (3, side, side)
-    top, left = (side - size[0]) // 2, (side - size[1]) // 2
-    return image[:, top : top + size[0], left : left + size[1]]
+        restored = restore_model(
+            checkpoint, model=args.model, pretrained=pretrained, classes=classes, img_size=args.img_size
+        )
+        return restored.model, restored.transform
+    log.warning(
+        "%s: no --checkpoint or --pretrained, so the maps are those of randomly initialised weights", args.model
+    )
+    size = {"img_size": args.img_size} if args.img_size is not None else {}
+    model = glocal.create_model(args.model, **size).eval()
+    return model, create_transform(model.data_config)
 
 
 def _parse_query(text: str | None) -> tuple[float, float] | None:
@@ -102,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name at least one IMAGE (files, folders or glob patterns)")
     files = find_images(args.images)
     query = _parse_query(args.query)
-    model, size, mean, std = _load(args)
+    model, view = _load(args)
+    size = view.size
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not any(isinstance(m, glocal.layers.AttentionProbe) for m in model.modules()):
@@ -111,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--query {args.query}: the pixel must lie in the {size[0]} x {size[1]} input")
     centre = (size[0] / 2, size[1] / 2)
     if args.stats:
-        batches = (normalize(_load_image(path, size)[None], mean, std) for path in files)
+        batches = (view(read_rgb(path))[None] for path in files)
         table = query_independence_table(model, batches, args.layers)
         if not table["layers"]:
             raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
@@ -126,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {"model": args.model, "img_size": list(size), "query": query or centre, "class_token": args.class_token}
     summary["images"] = []
     for path in files:
-        image = _load_image(path, size)  # (3, H, W) uint8
+        image = view.pixels(read_rgb(path))  # (3, H, W) uint8, the eval view
         with torch.inference_mode(), record_attention(model, args.layers) as records:
-            model(normalize(image[None], mean, std))
+            model(normalize(image[None], view.mean, view.std))
         if not records:
             raise ValueError(f"--layers {args.layers!r} matches no attention layer of {args.model}")
         panels, layers = [], []

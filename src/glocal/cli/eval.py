@@ -10,22 +10,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from glocal.cli._args import add_checkpoint, add_img_size, add_model
+from glocal.cli._args import add_img_size, add_model, add_weights, weights_of
 from glocal.data import open_dataset
+from glocal.data.datasets import ImageDataset
+from glocal.data.imagenet import as_imagenet1k
 from glocal.engine.evaluate import evaluate, save_confusion_png
-from glocal.engine.inference import restore_model
+from glocal.engine.inference import Restored, restore_model
 from glocal.weights import open_checkpoint
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
+        help="evaluate a checkpoint or published weights: top-1/top-5, loss, per-class accuracy, confusion matrix",
         description="Evaluate the model of --checkpoint (rebuilt from it: architecture, classes, input size and "
-        "preprocessing as saved) on the val/ split of --data, or on the bundled digits' validation split.",
+        "preprocessing as saved) on the val/ split of --data, or on the bundled digits' validation split; or "
+        "--model with --pretrained weights on --data whose class folders are ImageNet synset ids. Images are seen "
+        "through the model's eval view (glocal.data.create_transform of its data config), printed first.",
     )
     p.add_argument("--task", choices=("classify", "segment"), default="classify", help="segment: mIoU of a segmenter")
-    add_checkpoint(p, required=True)
+    add_weights(p)
     add_model(p)
     p.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ (default: bundled digits)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="which split")
@@ -39,55 +43,75 @@ def add_parser(sub, name: str) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.task == "segment":
-        return _run_segment(args)
-    ckpt = open_checkpoint(args.checkpoint, ema=args.ema)
+def _restore_and_open(args: argparse.Namespace) -> tuple[Restored, ImageDataset]:
+    """The model and the split to evaluate it on, every image in the model's eval view."""
+    checkpoint, pretrained = weights_of(args, required=True)
+    if pretrained:
+        if args.data is None:
+            raise ValueError(
+                "published weights classify ImageNet-1k: pass --data DIR whose val/ (or --split) class folders are "
+                "ImageNet synset ids (n01440764/ ...)"
+            )
+        restored = restore_model(model=args.model, pretrained=pretrained, img_size=args.img_size)
+        view = restored.transform.pixels
+        return restored, as_imagenet1k(open_dataset(args.data, args.split, transform=view))
+    ckpt = open_checkpoint(checkpoint, ema=args.ema)
     classes = None
     if args.data is not None and ckpt.classes is None:
         # The class folders name the labels of a checkpoint that carries no class names.
         classes = open_dataset(args.data, args.split, load_size=1).classes
     restored = restore_model(ckpt, model=args.model, classes=classes, img_size=args.img_size)
-    load_size = round(max(restored.img_size) / restored.crop_pct)
     dataset = open_dataset(
-        args.data,
-        args.split,
-        load_size,
-        classes=restored.classes if args.data else None,
-        interpolation=restored.model.data_config.interpolation,
+        args.data, args.split, classes=restored.classes if args.data else None, transform=restored.transform.pixels
     )
     if tuple(dataset.classes) != restored.classes:
         raise ValueError(
-            f"{args.checkpoint} classifies classes {restored.classes[:10]}, not the bundled digits' "
+            f"{checkpoint} classifies classes {restored.classes[:10]}, not the bundled digits' "
             f"{tuple(dataset.classes)}; pass --data DIR with its class folders"
         )
+    return restored, dataset
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task == "segment":
+        return _run_segment(args)
+    restored, dataset = _restore_and_open(args)
     result = evaluate(
         restored.model,
         dataset,
         img_size=restored.img_size,
-        crop_pct=restored.crop_pct,
         mean=restored.mean,
         std=restored.std,
         batch_size=args.batch_size,
         device=torch.device("cpu"),
     )
     name = restored.model.model_name
-    ckpt_path = Path(args.checkpoint)
-    png = Path(args.confusion) if args.confusion else ckpt_path.with_name(f"{ckpt_path.stem}-confusion.png")
+    if args.confusion:
+        png = Path(args.confusion)
+    elif args.checkpoint is not None:
+        png = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-confusion.png")
+    else:
+        png = Path(f"{restored.model.pretrained_cfg.name}-confusion.png")
     save_confusion_png(result, png, title=f"{name}: top-1 {result.top1:.2f}% ({result.count} images)")
     size = "x".join(map(str, restored.img_size))
+    view = restored.transform.describe()
+    counts = result.confusion.sum(1)
     if args.json:
-        record = result.summary() | {"per_class": dict(zip(result.classes, result.per_class, strict=True))}
-        record |= {"model": name, "img_size": list(restored.img_size), "crop_pct": restored.crop_pct}
+        per_class = {c: a for c, a, n in zip(result.classes, result.per_class, counts, strict=True) if n}
+        record = result.summary() | {"per_class": per_class}
+        record |= {"model": name, "img_size": list(restored.img_size), "crop_pct": restored.transform.crop_pct}
+        record |= {"preprocessing": view}
         print(json.dumps(record | {"confusion_png": str(png), "skipped": len(dataset.skipped)}))
         return 0
     console = Console()
+    console.print(f"preprocessing: {view}", soft_wrap=True)
     table = Table(title=f"{name} on {args.data or 'digits'} ({args.split}, {result.count} images at {size})")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     table.add_column("images", justify="right")
-    for i, label in enumerate(result.classes):
-        table.add_row(label, f"{result.per_class[i]:.2f}%", str(int(result.confusion[i].sum())))
+    for label, accuracy, count in zip(result.classes, result.per_class, counts.tolist(), strict=True):
+        if count:  # published weights: only the ImageNet classes the folder has
+            table.add_row(label, f"{accuracy:.2f}%", str(count))
     console.print(table)
     console.print(
         f"[bold]top-1 {result.top1:.2f}%[/]  top-5 {result.top5:.2f}%  loss {result.loss:.4f}\nconfusion matrix: {png}"

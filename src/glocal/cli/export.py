@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from glocal.cli._args import add_checkpoint, add_img_size, add_model, img_size
+from glocal.cli._args import add_img_size, add_model, add_weights, img_size, weights_of
 from glocal.export import (
     example_input,
     export_onnx,
@@ -31,12 +31,12 @@ def add_parser(sub, name: str) -> None:
         name,
         help="export a model to ONNX, TorchScript or a torch.export program, checked against eager",
         description="Export the model of --checkpoint (rebuilt from it, with its trained classifier: a checkpoint "
-        "whose classifier does not fit is refused, never replaced by a random one), or a registered --model at "
-        "initialisation. ONNX and torch.export graphs take any batch, height and width the model accepts from "
-        "64 px (smaller examples export at a fixed size); TorchScript is traced. The exported graph is run on the "
-        "example input and its largest difference from eager mode is printed.",
+        "whose classifier does not fit is refused, never replaced by a random one), a registered --model with its "
+        "--pretrained weights, or at initialisation. ONNX and torch.export graphs take any batch, height and width "
+        "the model accepts from 64 px (smaller examples export at a fixed size); TorchScript is traced. The "
+        "exported graph is run on the example input and its largest difference from eager mode is printed.",
     )
-    add_checkpoint(p, what="weights: a model folder (a run's model/), a run's last.pt, or any checkpoint glocal loads")
+    add_weights(p, what="weights: a model folder (a run's model/), a run's last.pt, or any checkpoint glocal loads")
     add_model(p, what="registered model name; with --checkpoint optional (its model, which it must not contradict)")
     p.add_argument("--format", choices=tuple(_SUFFIXES), default="onnx", help="what to write")
     p.add_argument("--output", metavar="PATH", help="file to write (default: beside the checkpoint, or NAME.onnx/.pt2)")
@@ -59,15 +59,21 @@ def _output(args: argparse.Namespace, name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.checkpoint is None and args.model is None:
-        raise ValueError("give --checkpoint PATH (a trained model) or --model NAME (a model at initialisation)")
-    if args.checkpoint is not None and args.num_classes is not None:
-        raise ValueError("--num-classes applies without --checkpoint only: the checkpoint's classifier is exported")
+    checkpoint, pretrained = weights_of(args)
+    if checkpoint is None and args.model is None:
+        raise ValueError(
+            "give --checkpoint PATH (a trained model) or --model NAME (with --pretrained, or at initialisation)"
+        )
+    if (checkpoint is not None or pretrained) and args.num_classes is not None:
+        raise ValueError(
+            "--num-classes applies to a model at initialisation only: trained weights keep their classifier"
+        )
     size = {"img_size": args.img_size} if args.img_size is not None else {}
     model = create_model(
-        args.model, checkpoint=args.checkpoint, ema=args.ema, num_classes=args.num_classes, new_classifier=False, **size
-    ).eval()
-    if args.checkpoint is None:
+        args.model, checkpoint=checkpoint, pretrained=pretrained, ema=args.ema, num_classes=args.num_classes,
+        new_classifier=False, **size,
+    ).eval()  # fmt: skip
+    if checkpoint is None and not pretrained:
         _log.warning("no --checkpoint: exporting %s with randomly initialised weights", model.model_name)
     hw = img_size(args.img_size) or tuple(model.data_config.input_size[-2:])
     dynamic = not args.static
@@ -90,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(out) as tmp:
             torch.export.save(program, str(tmp))
     diff = max_export_diff(model, out, args.format, x)
-    weights = f"weights of {args.checkpoint}" if args.checkpoint else "random weights"
+    weights = f"weights of {checkpoint}" if checkpoint else "random weights"
+    if pretrained:
+        weights = f"weights {model.pretrained_cfg.name}"
     print(
         f"wrote {args.format} export of {model.model_name} ({model.num_classes} classes, {weights}) to {out}\n"
         f"max |{_RUNNERS[args.format]} - eager| = {diff:.2e} on a {'x'.join(map(str, x.shape))} input"

@@ -1,4 +1,4 @@
-"""``glocal predict``: the top-k classes, with probabilities, of images under a trained model."""
+"""``glocal predict``: the top-k classes, with probabilities, of images under a trained model or published weights."""
 
 from __future__ import annotations
 
@@ -8,20 +8,22 @@ import json
 import torch
 from rich.console import Console
 
-from glocal.cli._args import add_checkpoint, add_img_size, add_model, find_images, positive_int
-from glocal.data import load_image
+from glocal.cli._args import add_img_size, add_model, add_weights, find_images, positive_int, weights_of
+from glocal.data.datasets import read_rgb
 from glocal.engine.inference import predict, restore_model
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="classify images with a trained model (top-k class names and probabilities)",
+        help="classify images with a trained model or published weights (top-k class names and probabilities)",
         description="Classify images (files, folders of images, glob patterns) with the model of --checkpoint, "
-        "rebuilt from it with its class names, input size and preprocessing.",
+        "rebuilt from it with its class names, input size and preprocessing, or with --model's --pretrained weights "
+        "(ImageNet-1k class names). Every image goes through the model's eval view (glocal.data.create_transform "
+        "of its data config, printed first): the view eval and training's validation see.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns ('dir/*.png')")
-    add_checkpoint(p, required=True)
+    add_weights(p)
     add_model(p)
     p.add_argument("--classes", metavar="A,B,...", help="class names, comma-separated (checkpoints without them)")
     add_img_size(p, "input size (default: the checkpoint's)")
@@ -33,15 +35,18 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    checkpoint, pretrained = weights_of(args, required=True)
     paths = find_images(args.images)
     classes = tuple(args.classes.split(",")) if args.classes else None
-    restored = restore_model(args.checkpoint, model=args.model, classes=classes, img_size=args.img_size, ema=args.ema)
-    load_size = round(max(restored.img_size) / restored.crop_pct)
+    restored = restore_model(
+        checkpoint, model=args.model, pretrained=pretrained, classes=classes, img_size=args.img_size, ema=args.ema
+    )
     console = Console()
+    if not args.json:
+        console.print(f"preprocessing: {restored.transform.describe()}", soft_wrap=True)
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
-        interpolation = restored.model.data_config.interpolation
-        images = torch.stack([load_image(path, load_size, interpolation) for path in batch])
+        images = torch.stack([restored.transform(read_rgb(path)) for path in batch])
         for path, top in zip(batch, predict(restored, images, args.top_k), strict=True):
             if args.json:
                 print(json.dumps({"image": str(path), "top": [{"label": c, "probability": p} for c, p in top]}))

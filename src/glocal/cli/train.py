@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from glocal.cli._args import add_checkpoint, add_img_size, add_model
+from glocal.cli._args import add_img_size, add_model, add_weights
 from glocal.engine.checkpoint import run_config_of_state
 from glocal.engine.config import TrainConfig, load_recipe
 from glocal.engine.progress import Callback
@@ -25,7 +25,7 @@ from glocal.engine.progress import Callback
 _FIELDS = (
     "model", "data", "epochs", "batch_size", "img_size", "output", "checkpoint", "max_steps", "lr", "lr_base_size",
     "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "clip_grad",
-    "ema_decay", "amp", "device", "workers", "threads", "seed", "task", "head",
+    "ema_decay", "amp", "device", "workers", "threads", "seed", "task", "head", "pretrained",
 )  # fmt: skip
 
 
@@ -48,8 +48,8 @@ def add_parser(sub, name: str) -> None:
     add_img_size(p, "input size (default: the checkpoint's, else the model's)")
     p.add_argument("--output", metavar="DIR", help="run folder (default: runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
-    add_checkpoint(p, what="fine-tune from these weights (a model folder, last.pt or any file glocal loads); the "
-                   "classifier is re-made for the data's classes")  # fmt: skip
+    add_weights(p, what="fine-tune from these weights (a model folder, last.pt or any file glocal loads); the "
+                "classifier is re-made for the data's classes (so is --pretrained's)")  # fmt: skip
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--lr", type=float, help="peak learning rate, for --lr-base-size images" + _default("lr"))
     p.add_argument(

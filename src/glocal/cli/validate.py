@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
-from PIL import Image
 from rich.console import Console
 
-from glocal.cli._args import add_model_operand, model_operand
-from glocal.data import ImageFolder, create_transform
-from glocal.data.imagenet import imagenet1k_synsets
-from glocal.factory import create_model
+from glocal.cli._args import add_model_operand, add_weights, model_operand, weights_of
+from glocal.data import ImageFolder
+from glocal.data.imagenet import as_imagenet1k, imagenet1k_classes
+from glocal.engine.evaluate import evaluate
+from glocal.engine.inference import restore_model
 
 
 def add_parser(sub, name: str) -> None:
@@ -26,9 +25,7 @@ def add_parser(sub, name: str) -> None:
         "n01440764/ ...; a subset of the classes is fine), with the tag's own eval preprocessing.",
     )
     add_model_operand(p, what="registered model name, or MODEL.TAG")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--pretrained", metavar="TAG", help="weight tag (see `glocal weights`)")
-    source.add_argument("--checkpoint", metavar="P", help="a checkpoint file or folder instead")
+    add_weights(p, what="a checkpoint file or folder instead of the published weights")
     p.add_argument("--data", metavar="DIR", required=True, help="ImageFolder with synset-named class folders")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -37,62 +34,34 @@ def add_parser(sub, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.model = model_operand(args)
-    if args.checkpoint:
-        model = create_model(args.model, checkpoint=args.checkpoint)
+    checkpoint, pretrained = weights_of(args)
+    if checkpoint is None:
+        restored = restore_model(model=args.model, pretrained=pretrained or True)
     else:
-        model = create_model(args.model, pretrained=args.pretrained or True)
-    model.eval()
-    cfg = getattr(model, "pretrained_cfg", None) or model.data_config
-    dataset = ImageFolder(args.data, load_size=1)
-    synsets = imagenet1k_synsets()
-    unknown = [c for c in dataset.classes if c not in synsets]
-    if unknown:
-        raise ValueError(
-            f"class folders of {args.data} must be ImageNet-1k synset ids (n01440764...); not {unknown[:5]}"
-        )
-    if model.num_classes != len(synsets):
-        raise ValueError(f"{args.model} classifies {model.num_classes} classes, not ImageNet-1k's {len(synsets)}")
-    targets = torch.tensor([synsets.index(dataset.classes[label]) for _, label in dataset.samples])
-    transform = create_transform(cfg)
-    top1 = top5 = 0
-    with torch.no_grad():
-        for start in range(0, len(dataset.samples), args.batch_size):
-            batch = dataset.samples[start : start + args.batch_size]
-            x = torch.stack([_load(path, transform) for path, _ in batch])
-            ranked = model(x).topk(5, dim=-1).indices  # (B, 5)
-            hit = ranked == targets[start : start + len(batch), None]
-            top1 += int(hit[:, 0].sum())
-            top5 += int(hit.any(dim=-1).sum())
-    n = len(dataset.samples)
-    reported = getattr(cfg, "top1", None)
-    view = _describe(cfg)
-    record = {"model": args.model, "images": n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
+        restored = restore_model(checkpoint, model=args.model, classes=imagenet1k_classes())
+    model = restored.model
+    if model.num_classes != len(imagenet1k_classes()):
+        raise ValueError(f"{args.model} classifies {model.num_classes} classes, not ImageNet-1k's 1000")
+    dataset = as_imagenet1k(ImageFolder(args.data, transform=restored.transform.pixels))
+    result = evaluate(
+        model, dataset, img_size=restored.img_size, mean=restored.mean, std=restored.std,
+        batch_size=args.batch_size, device=torch.device("cpu"),
+    )  # fmt: skip
+    cfg = getattr(model, "pretrained_cfg", None)
+    reported = cfg.top1 if cfg is not None else None
+    view = restored.transform.describe()
+    record = {"model": args.model, "images": result.count, "top1": result.top1, "top5": result.top5}
     record |= {"reported_top1": reported, "preprocessing": view}
     if args.json:
         print(json.dumps(record))
         return 0
-    at = f" at {cfg.top1_resolution} px" if reported is not None else ""
-    source = f" ({cfg.name}, {cfg.origin})" if hasattr(cfg, "origin") else ""
+    at = f" at {cfg.top1_resolution} px ({cfg.name}, {cfg.origin})" if reported is not None else ""
+    classes = len({label for _, label in dataset.samples})
     Console().print(
-        f"[bold]{args.model}[/] on {n} images of {len(dataset.classes)} classes: top-1 {record['top1']:.2f}%  "
-        f"top-5 {record['top5']:.2f}%  reported top-1 "
-        + (f"{reported:.2f}%{at}{source}" if reported is not None else "-")
+        f"[bold]{args.model}[/] on {result.count} images of {classes} classes: top-1 {result.top1:.2f}%  "
+        f"top-5 {result.top5:.2f}%  reported top-1 "
+        + (f"{reported:.2f}%{at}" if reported is not None else "-")
         + f"\npreprocessing: {view}",
         soft_wrap=True,
     )
     return 0
-
-
-def _load(path: Path, transform) -> torch.Tensor:
-    with Image.open(path) as image:
-        return transform(image)
-
-
-def _describe(cfg) -> str:
-    get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key)
-    height, width = tuple(get("input_size"))[-2:]
-    crop_pct = float(get("crop_pct"))
-    return (
-        f"resize shorter side to {int(max(height, width) / crop_pct)} ({get('interpolation')}), centre crop "
-        f"{height}x{width} (crop_pct {crop_pct}), normalise mean {tuple(get('mean'))} std {tuple(get('std'))}"
-    )

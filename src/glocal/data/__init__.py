@@ -1,4 +1,5 @@
-"""Datasets (ImageFolder, bundled digits) and batched tensor transforms (crops, flips, normalisation, mixing)."""
+"""Datasets (ImageFolder, bundled digits), the eval view (``create_transform``) and batched tensor transforms (crops,
+flips, normalisation, mixing)."""
 
 from glocal.data.datasets import (
     DIGITS_CLASSES,
@@ -8,10 +9,11 @@ from glocal.data.datasets import (
     load_digits_split,
     load_image,
     open_dataset,
+    read_rgb,
 )
 from glocal.data.transforms import (
+    EvalTransform,
     MixConfig,
-    center_crop,
     create_transform,
     crop_params,
     mix_batch,
@@ -22,11 +24,11 @@ from glocal.data.transforms import (
 
 __all__ = [
     "DIGITS_CLASSES",
+    "EvalTransform",
     "ImageDataset",
     "ImageFolder",
     "MixConfig",
     "TensorImages",
-    "center_crop",
     "create_transform",
     "crop_params",
     "load_digits_split",
@@ -35,5 +37,6 @@ __all__ = [
     "normalize",
     "one_hot",
     "open_dataset",
+    "read_rgb",
     "resized_crop",
 ]

@@ -1,20 +1,26 @@
 """Image classification datasets: an ImageFolder tree read with PIL, and the bundled handwritten digits.
 
-Both return ``(image, label)`` with ``image`` a (C, H, W) uint8 tensor. Every image of a dataset has the same size
-(ImageFolder images are resized on load, shorter side to ``load_size`` then centre-cropped), so batches stack and
-all randomness (crops, flips, mixing) happens later, batched, on tensors, with explicit generators: data loading
-workers hold no random state, which keeps a run a deterministic function of its seed.
+Both return ``(image, label)`` with ``image`` a (C, H, W) uint8 tensor. Every image of a dataset has the same size,
+so batches stack: for training, ImageFolder images are resized on load (shorter side to ``load_size``, then
+centre-cropped) and all randomness (crops, flips, mixing) happens later, batched, on tensors, with explicit
+generators, so data loading workers hold no random state and a run is a deterministic function of its seed. For
+evaluation a dataset is opened with ``transform=create_transform(data_config, normalize=False)``: every image is
+then exactly the eval view (:class:`glocal.data.transforms.EvalTransform`), the same one ``glocal predict`` sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from glocal.data.transforms import EvalTransform
 
 __all__ = [
     "DIGITS_CLASSES",
@@ -24,6 +30,7 @@ __all__ = [
     "load_digits_split",
     "load_image",
     "open_dataset",
+    "read_rgb",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,40 +91,26 @@ def load_digits_split(split: str) -> TensorImages:
     return TensorImages(images=x, labels=torch.from_numpy(targets[keep]), classes=DIGITS_CLASSES)
 
 
-_RESAMPLING = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "lanczos": "LANCZOS"}
-
-
-def pil_resampling(interpolation: str) -> Image.Resampling:
-    """PIL's resampling filter for a data config's ``interpolation`` name."""
-    if interpolation not in _RESAMPLING:
-        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(_RESAMPLING)}")
-    return getattr(Image.Resampling, _RESAMPLING[interpolation])
-
-
-def _resize_short_center_crop(image: Image.Image, size: int, interpolation: str) -> Image.Image:
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), pil_resampling(interpolation))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 class ImageFolder(ImageDataset):
     """``root/<class>/<image>`` read with PIL; class folders sorted by name give the labels.
 
     Every file is checked when the tree is scanned: one PIL cannot read (corrupt, or not an image) is logged and
     skipped, and listed in ``skipped``. An empty class folder or a tree without class folders raises ``ValueError``.
-    Images are converted to RGB, their shorter side resized to ``load_size`` and centre-cropped to a square.
+    Images are converted to RGB, then given by ``transform`` (PIL image -> (3, H, W) uint8 tensor; the eval view
+    ``create_transform(cfg, normalize=False)``) or, without one, their shorter side resized to ``load_size`` with
+    ``interpolation`` and centre-cropped to a square (the training load).
     """
 
     def __init__(
         self,
         root: str | Path,
-        load_size: int,
+        load_size: int | None = None,
         classes: tuple[str, ...] | None = None,
         interpolation: str = "bilinear",
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
     ) -> None:
+        if (load_size is None) == (transform is None):
+            raise ValueError("ImageFolder takes a load_size (the training load) or a transform (an eval view)")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
@@ -132,6 +125,7 @@ class ImageFolder(ImageDataset):
         self.classes = found
         self.load_size = load_size
         self.interpolation = interpolation
+        self.transform = transform
         self.samples: list[tuple[Path, int]] = []
         self.skipped = []
         for label, name in enumerate(self.classes):
@@ -161,6 +155,8 @@ class ImageFolder(ImageDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
+        if self.transform is not None:
+            return self.transform(read_rgb(path)), label
         return load_image(path, self.load_size, self.interpolation), label
 
 
@@ -189,18 +185,31 @@ def read_rgb(path: str | Path) -> Image.Image:
 
 def load_image(path: str | Path, load_size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """One image file as a (3, load_size, load_size) uint8 tensor: RGB, shorter side resized with
-    ``interpolation`` (the model's ``data_config.interpolation``), centre-cropped."""
-    image = _resize_short_center_crop(read_rgb(path), load_size, interpolation)
-    array = np.asarray(image, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+    ``interpolation`` (the model's ``data_config.interpolation``), centre-cropped: the eval view's resize and crop
+    at crop_pct 1.0 (:class:`~glocal.data.transforms.EvalTransform`; no normalisation, so mean and std are unused)."""
+    square = EvalTransform((load_size, load_size), 1.0, interpolation, (0.0,) * 3, (1.0,) * 3, normalize=False)
+    return square(read_rgb(path))
 
 
 def open_dataset(
-    data_dir: str | Path | None, split: str, load_size: int, classes=None, interpolation: str = "bilinear"
+    data_dir: str | Path | None,
+    split: str,
+    load_size: int | None = None,
+    classes=None,
+    interpolation: str = "bilinear",
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> ImageDataset:
-    """The ``split`` ('train' | 'val') of an ImageFolder tree ``data_dir/{train,val}``, or of the bundled digits."""
+    """The ``split`` ('train' | 'val') of an ImageFolder tree ``data_dir/{train,val}``, or of the bundled digits.
+
+    With ``transform`` (an eval view, PIL image -> (3, H, W) uint8) every image is given by it, the digits' 8x8
+    images too (as PIL images, as their PNG files would be read); without one the digits stay 8x8 and an ImageFolder
+    is loaded at ``load_size`` (see :class:`ImageFolder`)."""
     if data_dir is None:
-        return load_digits_split(split)
+        digits = load_digits_split(split)
+        if transform is None:
+            return digits
+        views = [transform(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in digits.images]
+        return dataclasses.replace(digits, images=torch.stack(views))
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data directory {str(root)!r} does not exist")
@@ -208,4 +217,4 @@ def open_dataset(
         raise FileNotFoundError(
             f"data directory {str(root)!r} has no {split}/ folder (expected {root}/{split}/<class>/)"
         )
-    return ImageFolder(root / split, load_size, classes=classes, interpolation=interpolation)
+    return ImageFolder(root / split, load_size, classes=classes, interpolation=interpolation, transform=transform)

@@ -1,4 +1,5 @@
-"""Batched image transforms on tensors: random-resized-crop with flip, centre crop, normalisation, mixup/cutmix.
+"""Image transforms: the eval view of a data config on PIL images (``create_transform``, timm's eval transform), and
+batched ones on tensors for training: random-resized-crop with flip, normalisation, mixup/cutmix.
 
 Every random choice is drawn from an explicit ``torch.Generator`` for a whole (global) batch at once, so a training
 step's augmentation is a function of the generator's seed alone, and data-parallel ranks can each take their slice
@@ -15,8 +16,9 @@ import torch
 from torch.nn import functional as F
 
 __all__ = [
+    "INTERPOLATIONS",
+    "EvalTransform",
     "MixConfig",
-    "center_crop",
     "create_transform",
     "crop_params",
     "mix_batch",
@@ -61,17 +63,6 @@ def resized_crop(images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int
     """Sample crops given by ``theta`` (from :func:`crop_params`) of a float batch (B, C, H, W) at ``size``."""
     grid = F.affine_grid(theta.to(images), [images.shape[0], images.shape[1], *size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-def center_crop(images: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0) -> torch.Tensor:
-    """Evaluation view: the central ``crop_pct`` of each side, resized (antialiased) to ``size``."""
-    H, W = images.shape[-2:]
-    ch, cw = max(1, round(H * crop_pct)), max(1, round(W * crop_pct))
-    top, left = (H - ch) // 2, (W - cw) // 2
-    images = images[..., top : top + ch, left : left + cw]
-    if (ch, cw) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -137,39 +128,102 @@ def mix_batch(
     return images, targets * lam + targets.flip(0) * (1.0 - lam)
 
 
-def create_transform(cfg, train: bool = False):
-    """The evaluation view of a data config (``model.data_config``, ``model.pretrained_cfg`` or a dict with
-    ``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``): a function PIL image -> (3, H, W) float32.
+# timm's interpolation names (``str_to_interp_mode``) and the PIL filters torchvision maps them to.
+_RESAMPLING = {
+    "nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "box": "BOX", "hamming": "HAMMING",
+    "lanczos": "LANCZOS",
+}  # fmt: skip
+INTERPOLATIONS = tuple(_RESAMPLING)
 
-    The shorter side is resized to ``floor(size / crop_pct)`` with the config's interpolation, the centre ``size``
-    crop is taken and the result normalised, as timm's eval transform does. ``crop_pct`` > 1 (VOLO's 448/512 tags:
-    1.15) resizes below the crop size, so the crop extends past the image and the border is zero (black), as
-    torchvision's ``CenterCrop`` pads.
-    """
+
+def pil_resampling(interpolation: str):
+    """PIL's resampling filter for a data config's ``interpolation`` name."""
     from PIL import Image
 
-    from glocal.data.datasets import pil_resampling
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(_RESAMPLING)}")
+    return getattr(Image.Resampling, _RESAMPLING[interpolation])
 
+
+class EvalTransform:
+    """The evaluation view of a data config, as timm's eval transform (``transforms_imagenet_eval``, crop mode
+    'center') computes it on PIL images: a callable PIL image -> (3, H, W) tensor. Build it with
+    :func:`create_transform`.
+
+    ``scale_size`` is ``floor(side / crop_pct)`` per side. A square one resizes the shorter side to it (the longer
+    side to ``int(scale * long / short)``, as torchvision's ``Resize(int)``); otherwise both sides are scaled by the
+    smaller ratio and rounded (timm's ``ResizeKeepRatio``). The centre ``size`` crop follows torchvision's
+    ``CenterCrop``: offsets ``round((side - crop) / 2)``, and where the resized image is smaller than the crop
+    (``crop_pct`` > 1, VOLO's 448/512 tags: 1.15) it is first padded with black, ``(crop - side) // 2`` before it.
+    Normalised images are ``(x - mean * 255) / (std * 255)`` in float32 (torchvision divides by 255 first: equal
+    to float32 rounding); ``normalize=False`` gives the uint8 crop.
+    """
+
+    def __init__(self, size: tuple[int, int], crop_pct: float, interpolation: str, mean, std, normalize: bool = True):
+        if not crop_pct > 0:
+            raise ValueError(f"crop_pct must be positive, got {crop_pct}")
+        self.size = (int(size[0]), int(size[1]))
+        self.crop_pct = float(crop_pct)
+        self.scale_size = (math.floor(self.size[0] / self.crop_pct), math.floor(self.size[1] / self.crop_pct))
+        self.interpolation = interpolation
+        self.resample = pil_resampling(interpolation)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.normalize = normalize
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) an image of ``width`` x ``height`` is resized to before the crop."""
+        if self.scale_size[0] == self.scale_size[1]:
+            scale = self.scale_size[0]
+            if width <= height:
+                return scale, int(scale * height / width)
+            return int(scale * width / height), scale
+        ratio = min(height / self.scale_size[0], width / self.scale_size[1])
+        return round(width / ratio), round(height / ratio)
+
+    def crop(self, image):
+        """The resized, centre-cropped PIL image (RGB), before conversion to a tensor."""
+        from PIL import Image
+
+        image = image.convert("RGB")
+        image = image.resize(self.resized_size(*image.size), self.resample)
+        (crop_h, crop_w), (width, height) = self.size, image.size
+        if crop_w > width or crop_h > height:
+            padded = Image.new("RGB", (max(width, crop_w), max(height, crop_h)))  # black
+            padded.paste(image, (max(crop_w - width, 0) // 2, max(crop_h - height, 0) // 2))
+            image, (width, height) = padded, padded.size
+        top, left = int(round((height - crop_h) / 2)), int(round((width - crop_w) / 2))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def pixels(self, image) -> torch.Tensor:
+        """The view as a (3, H, W) uint8 tensor, whatever ``normalize`` says (what eval datasets hold)."""
+        return torch.from_numpy(np.asarray(self.crop(image), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        pixels = self.pixels(image)  # (3, H, W) uint8
+        return normalize(pixels[None], self.mean, self.std)[0] if self.normalize else pixels
+
+    def describe(self) -> str:
+        """The view in words, as the commands print it."""
+        (height, width), (scale_h, scale_w) = self.size, self.scale_size
+        resize = f"shorter side to {scale_h}" if scale_h == scale_w else f"to cover {scale_h}x{scale_w}"
+        return (
+            f"resize {resize} ({self.interpolation}), centre crop {height}x{width} (crop_pct {self.crop_pct}), "
+            f"normalise mean {self.mean} std {self.std}"
+        )
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.describe()})"
+
+
+def create_transform(cfg, train: bool = False, normalize: bool = True) -> EvalTransform:
+    """The evaluation view a model or weight tag is evaluated with: ``cfg`` is ``model.pretrained_cfg``,
+    ``model.data_config`` or a dict with ``input_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``.
+    Returns an :class:`EvalTransform`, PIL image -> (3, H, W) float32 normalised (uint8 with ``normalize=False``),
+    equal to what timm's ``create_transform(**resolve_data_config(...))`` gives on PIL images.
+    """
     if train:
         raise ValueError("create_transform(train=True) is not provided; training augments batched tensors "
                          "(glocal.data.crop_params / resized_crop)")  # fmt: skip
     get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key)
-    height, width = tuple(get("input_size"))[-2:]
-    resample = pil_resampling(get("interpolation"))
-    crop_pct, mean, std = float(get("crop_pct")), tuple(get("mean")), tuple(get("std"))
-    scale_size = math.floor(max(height, width) / crop_pct)
-
-    def transform(image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        w, h = image.size
-        if w <= h:
-            new_w, new_h = scale_size, round(h * scale_size / w)
-        else:
-            new_w, new_h = round(w * scale_size / h), scale_size
-        image = image.resize((new_w, new_h), resample)
-        left, top = round((new_w - width) / 2), round((new_h - height) / 2)
-        image = image.crop((left, top, left + width, top + height))  # pads with black where the image is smaller
-        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
-        return normalize(array[None], mean, std)[0]
-
-    return transform
+    size = tuple(get("input_size"))[-2:]
+    return EvalTransform(size, get("crop_pct"), get("interpolation"), get("mean"), get("std"), normalize=normalize)

@@ -8,7 +8,7 @@ import the trainer.
 
 from glocal.engine.checkpoint import load_train_state
 from glocal.engine.config import TrainConfig, load_recipe
-from glocal.engine.evaluate import EvalResult, eval_view, evaluate, save_confusion_png, save_curves_png
+from glocal.engine.evaluate import EvalResult, evaluate, save_confusion_png, save_curves_png
 from glocal.engine.inference import Restored, predict, restore_model
 from glocal.engine.progress import Callback
 
@@ -31,7 +31,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
-    "eval_view",
     "evaluate",
     "load_recipe",
     "load_train_state",

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from glocal.data.transforms import INTERPOLATIONS
 from glocal.validate import check_fields
 
 __all__ = ["TrainConfig", "load_recipe"]
@@ -35,6 +36,8 @@ class TrainConfig:
     img_size: int | tuple[int, int] | None = None
     # Fine-tuning: initial weights from any checkpoint glocal can load; the classifier is re-made for the new classes.
     checkpoint: str | None = None
+    # Fine-tuning from published weights instead: true (the model's default tag) or a tag (see `glocal weights`).
+    pretrained: bool | str = False
     output: str | None = None
     resume: bool = False
     epochs: int = 10
@@ -79,8 +82,10 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
-    # Evaluation crop fraction; None takes the model's data_config.crop_pct.
+    # The eval view (glocal.data.create_transform): crop fraction and resize filter; None takes the model's
+    # data_config (for the bundled digits: the whole image, bilinear, as the training crops are sampled).
     crop_pct: float | None = None
+    interpolation: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -144,6 +149,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be [min, max] with {rule}, got {[low, high]}")
         if self.crop_pct is not None and not 0 < self.crop_pct <= 2:
             raise ValueError(f"crop_pct must be in (0, 2], got {self.crop_pct}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS} (or null), got {self.interpolation!r}")
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError(
+                f"give the weights once: checkpoint {self.checkpoint!r} or pretrained {self.pretrained!r} to start "
+                f"from, not both"
+            )
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         if self.threads is not None and self.threads < 1:

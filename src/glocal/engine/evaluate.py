@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from glocal.data.transforms import center_crop, normalize
+from glocal.data.transforms import normalize
 from glocal.engine.distributed import DistInfo, all_reduce_sum
 
-__all__ = ["EvalResult", "autocast", "eval_view", "evaluate", "save_confusion_png", "save_curves_png"]
+__all__ = ["EvalResult", "autocast", "evaluate", "save_confusion_png", "save_curves_png"]
 
 
 @dataclass
@@ -39,18 +39,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def eval_view(images: torch.Tensor, size: tuple[int, int], crop_pct: float, mean, std) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the normalised centre view the model is evaluated on."""
-    return normalize(center_crop(images.float(), size, crop_pct), mean, std)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     dataset,
     *,
     img_size: tuple[int, int],
-    crop_pct: float,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     batch_size: int,
@@ -59,7 +53,11 @@ def evaluate(
     info: DistInfo | None = None,
     workers: int = 0,
 ) -> EvalResult:
-    """Evaluate ``model`` on every image of ``dataset`` (each rank takes a strided shard; the sums are reduced)."""
+    """Evaluate ``model`` on every image of ``dataset`` (each rank takes a strided shard; the sums are reduced).
+
+    The dataset's images are the eval view already, uint8 at ``img_size`` (open it with
+    ``transform=create_transform(model.data_config, normalize=False)``); they are normalised with ``mean``/``std``.
+    """
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     num_classes = len(dataset.classes)
     indices = list(range(rank, len(dataset), world))
@@ -70,7 +68,12 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-5 hits, count
     for images, labels in loader:
-        x = eval_view(images, img_size, crop_pct, mean, std).to(device)
+        if tuple(images.shape[-2:]) != tuple(img_size):
+            raise ValueError(
+                f"the evaluation images are {images.shape[-2]}x{images.shape[-1]}, not the {img_size[0]}x{img_size[1]} "
+                f"eval view; open the dataset with transform=glocal.data.create_transform(data_config, normalize=False)"
+            )
+        x = normalize(images, mean, std).to(device)
         labels = labels.to(device)
         with autocast(device, amp_dtype):
             logits = model(x)

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from glocal.backends import cpu as cpu_backend
 from glocal.data.datasets import ImageDataset, open_dataset
-from glocal.data.transforms import MixConfig, crop_params, mix_batch, normalize, one_hot, resized_crop
+from glocal.data.transforms import MixConfig, create_transform, crop_params, mix_batch, normalize, one_hot, resized_crop
 from glocal.engine import distributed
 from glocal.engine.checkpoint import atomic_save, capture_rng, load_train_state, restore_rng
 from glocal.engine.config import TrainConfig
@@ -42,7 +42,8 @@ from glocal.engine.evaluate import EvalResult, autocast, evaluate, save_curves_p
 from glocal.engine.optim import build_optimizer, build_scheduler
 from glocal.engine.progress import Callback
 from glocal.factory import create_model
-from glocal.models._base import to_2tuple
+from glocal.models._base import DataConfig, to_2tuple
+from glocal.pretrained import get_pretrained
 from glocal.registry import get_entry
 from glocal.weights import STATE_FORMAT, Checkpoint, checkpoint_config, open_checkpoint, save_checkpoint
 from glocal.weights.io import write_bytes_atomic
@@ -107,7 +108,6 @@ class _Run:
     train_set: ImageDataset
     val_set: ImageDataset
     img_size: tuple[int, int]
-    crop_pct: float
     amp_dtype: torch.dtype | None
     local_batch: int
     steps_per_epoch: int
@@ -136,7 +136,7 @@ class _Run:
     def eval_args(self) -> dict[str, Any]:
         data_config = self.model.data_config
         return dict(
-            img_size=self.img_size, crop_pct=self.crop_pct, mean=data_config.mean, std=data_config.std,
+            img_size=self.img_size, mean=data_config.mean, std=data_config.std,
             batch_size=self.local_batch, device=self.info.device, amp_dtype=self.amp_dtype, info=self.info,
             workers=self.cfg.workers,
         )  # fmt: skip
@@ -155,12 +155,15 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _eval_crop_pct(crop_pct: float | None, data: str | None, model_crop_pct: float) -> float:
-    """The evaluation crop: the configured one, else 1.0 for the bundled digits (each 8x8 image is already a tight
-    crop of its digit), else the model's ``data_config.crop_pct``."""
-    if crop_pct is not None:
-        return crop_pct
-    return 1.0 if data is None else model_crop_pct
+def _eval_view(cfg: TrainConfig, model_view: DataConfig, img_size: tuple[int, int]) -> DataConfig:
+    """The view the run is validated on and its checkpoints tell eval and predict: the configured crop_pct and
+    interpolation, else for the bundled digits the whole image (each 8x8 image is already a tight crop of its digit)
+    resized bilinearly (as training's crops are sampled), else the model's (or its weight tag's) data config."""
+    digits = cfg.data is None
+    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else (1.0 if digits else model_view.crop_pct)
+    interpolation = cfg.interpolation or ("bilinear" if digits else model_view.interpolation)
+    size = (model_view.input_size[0], *img_size)
+    return dataclasses.replace(model_view, input_size=size, crop_pct=crop_pct, interpolation=interpolation)
 
 
 def _resolve_output(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
@@ -182,9 +185,13 @@ def _resolve_output(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
     return out
 
 
-def _open_splits(cfg: TrainConfig, load_size: int) -> tuple[ImageDataset, ImageDataset]:
-    train_set = open_dataset(cfg.data, "train", load_size)
-    val_set = open_dataset(cfg.data, "val", load_size, classes=train_set.classes)
+def _open_splits(cfg: TrainConfig, view: DataConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The training split loaded at ``size / crop_pct`` (augmentation crops from it), the validation split in the
+    eval view :func:`glocal.data.create_transform` gives (the one ``glocal eval`` and ``predict`` use)."""
+    load_size = round(max(view.input_size[-2:]) / view.crop_pct)
+    train_set = open_dataset(cfg.data, "train", load_size, interpolation=view.interpolation)
+    eval_view = create_transform(view, normalize=False)
+    val_set = open_dataset(cfg.data, "val", classes=train_set.classes, transform=eval_view)
     if len(train_set) < cfg.batch_size:
         raise ValueError(
             f"the training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
@@ -264,20 +271,26 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
     get_entry(cfg.model)  # an unknown name fails here, suggesting close ones
     size = cfg.img_size or (source.input_size if source is not None else None)
     size_kwargs = {"img_size": size if isinstance(size, int) else tuple(size)} if size else {}
+    pretrained = cfg.pretrained if not cfg.resume else False  # resuming: the weights are last.pt's
+    # A weight tag's name sets the tag's preprocessing on the probe, without loading anything.
+    probe_name = get_pretrained(cfg.model, cfg.pretrained).name if pretrained else cfg.model
     with torch.device("meta"):
-        probe = create_model(cfg.model, num_classes=1, **{**cfg.model_kwargs, **size_kwargs})
+        probe = create_model(probe_name, num_classes=1, **{**cfg.model_kwargs, **size_kwargs})
     img_size = to_2tuple(size) if size else tuple(probe.data_config.input_size[-2:])
-    crop_pct = _eval_crop_pct(cfg.crop_pct, cfg.data, probe.data_config.crop_pct)
-    train_set, val_set = _open_splits(cfg, load_size=round(max(img_size) / crop_pct))
+    view = _eval_view(cfg, probe.data_config, img_size)
+    train_set, val_set = _open_splits(cfg, view)
     out = _resolve_output(cfg, info)
 
     torch.manual_seed(cfg.seed)
     kwargs = {**cfg.model_kwargs, **size_kwargs}
-    model = create_model(cfg.model, num_classes=len(train_set.classes), checkpoint=source, **kwargs)
+    model = create_model(
+        cfg.model, num_classes=len(train_set.classes), checkpoint=source, pretrained=pretrained, **kwargs
+    )
     # The view the model is trained and evaluated on is what its saved folders tell eval, predict and export.
     model.data_config = dataclasses.replace(
-        model.data_config, input_size=(model.in_chans, *img_size), crop_pct=crop_pct
-    )
+        model.data_config, input_size=(model.in_chans, *img_size), crop_pct=view.crop_pct,
+        interpolation=view.interpolation,
+    )  # fmt: skip
     model.to(info.device)
     if info.device.type == "cpu":  # denormal flushing, malloc reuse, routes chosen by measurement
         cpu_backend.use_by_default(model)
@@ -301,7 +314,7 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
         ema=ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None,
         optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
-        train_set=train_set, val_set=val_set, img_size=img_size, crop_pct=crop_pct, amp_dtype=amp_dtype,
+        train_set=train_set, val_set=val_set, img_size=img_size, amp_dtype=amp_dtype,
         local_batch=cfg.batch_size // info.world_size, steps_per_epoch=steps_per_epoch, lr=lr, writer=None,
     )  # fmt: skip
     if cfg.resume:

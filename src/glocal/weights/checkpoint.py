@@ -196,6 +196,8 @@ def _from_train_state(path: Path, state: dict[str, Any], ema: bool) -> Checkpoin
             run.get("crop_pct") if run.get("crop_pct") is not None else (1.0 if run.get("data") is None else None)
         )
         data_config = {"crop_pct": crop_pct} if crop_pct is not None else {}
+        if run.get("data") is None:  # the digits, validated with a bilinear resize
+            data_config["interpolation"] = "bilinear"
         if size is not None:
             data_config["input_size"] = [3, *((size, size) if isinstance(size, int) else size)]
         config = {
