@@ -194,6 +194,54 @@ def test_upernet_trains_with_the_auxiliary_loss():
     assert torch.allclose(seg.loss(logits, target), expected)
 
 
+def test_upernet_trains_at_batch_1():
+    """mmseg's UPerHead cannot (its 1x1 pooling branch's BatchNorm sees one value per channel); glocal's normalises
+    that branch with its running statistics there, and every other BatchNorm still learns from the batch."""
+    torch.manual_seed(0)
+    seg = create_segmenter("resnet50", head="upernet", num_classes=3, head_channels=16, **_small("resnet50")).train()
+    pooled_bn = seg.decode_head.psp_modules[0][1]
+    stats = pooled_bn.running_mean.clone(), pooled_bn.running_var.clone()
+    other_bn = seg.decode_head.psp_modules[1][1]
+    other_mean = other_bn.running_mean.clone()
+    loss = seg.loss(seg.forward_train(torch.randn(1, 3, 64, 96)), torch.randint(0, 3, (1, 64, 96)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.equal(pooled_bn.running_mean, stats[0]) and torch.equal(pooled_bn.running_var, stats[1])
+    assert not torch.equal(other_bn.running_mean, other_mean)
+    assert seg.decode_head.psp_modules[0][0].weight.grad.abs().sum() > 0
+    assert pooled_bn.weight.grad is not None and pooled_bn.weight.grad.abs().sum() > 0
+
+
+def test_upernet_at_batch_2_is_mmsegs_head_unchanged():
+    """From two values per channel on, the pooled branch is torch's BatchNorm: outputs, gradients and running
+    statistics equal a head built with plain BatchNorm2d everywhere (mmseg's), state dicts key for key."""
+    from glocal.dense import PooledBatchNorm2d
+
+    torch.manual_seed(0)
+    head = UPerHead([8, 16, 24, 32], 5, channels=16).train()
+    plain = UPerHead([8, 16, 24, 32], 5, channels=16).train()
+    plain.psp_modules[0][1] = nn.BatchNorm2d(16)
+    assert isinstance(head.psp_modules[0][1], PooledBatchNorm2d)
+    assert head.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(head.state_dict())
+    torch.manual_seed(1)
+    maps = [torch.randn(2, c, 32 // s, 48 // s) for c, s in zip((8, 16, 24, 32), (1, 2, 4, 8), strict=True)]
+    outs = []
+    for model in (head, plain):
+        torch.manual_seed(2)  # the same dropout mask
+        out = model(maps)
+        out.square().sum().backward()
+        outs.append((out, model.psp_modules[0][0].weight.grad, model.psp_modules[0][1].running_var))
+    for got, want in zip(*outs, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    bn, ref = PooledBatchNorm2d(4).train(), nn.BatchNorm2d(4).train()
+    x = torch.randn(1, 4, 2, 1)  # batch 1, two values per channel: torch's BatchNorm
+    torch.testing.assert_close(bn(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=0, atol=0)
+    one = torch.randn(1, 4, 1, 1)
+    torch.testing.assert_close(bn(one), ref.eval()(one))  # one value per channel: the running statistics
+
+
 def test_frozen_stages_and_frozen_bn_statistics():
     seg = create_segmenter("resnet50", head="semantic_fpn", num_classes=3, frozen_stages=1, frozen_bn=True,
                            **_small("resnet50"))  # fmt: skip

@@ -30,8 +30,11 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
-def conv_norm_act(in_chs: int, out_chs: int, kernel_size: int, *, norm: str | None = "bn", act: bool = True):
-    """mmcv's ``ConvModule``: conv (bias only without a norm), then BatchNorm / LayerNorm, then ReLU."""
+def conv_norm_act(
+    in_chs: int, out_chs: int, kernel_size: int, *, norm: str | type[nn.Module] | None = "bn", act: bool = True
+):
+    """mmcv's ``ConvModule``: conv (bias only without a norm), then BatchNorm / LayerNorm (or ``norm(out_chs)``,
+    a norm class), then ReLU."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=norm is None),
     ]
@@ -39,8 +42,10 @@ def conv_norm_act(in_chs: int, out_chs: int, kernel_size: int, *, norm: str | No
         layers.append(nn.BatchNorm2d(out_chs))
     elif norm == "ln":
         layers.append(LayerNorm2d(out_chs))
+    elif isinstance(norm, type) and issubclass(norm, nn.Module):
+        layers.append(norm(out_chs))
     elif norm is not None:
-        raise ValueError(f"norm must be 'bn', 'ln' or None, got {norm!r}")
+        raise ValueError(f"norm must be 'bn', 'ln', a norm class or None, got {norm!r}")
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
