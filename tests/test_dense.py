@@ -138,6 +138,16 @@ def test_fpn_levels_channels_and_extra_levels():
     assert len(p6) == 5 and p6[-1].shape[-2:] == (4, 6)
     retina = FPN([16, 32, 64, 128], 24, extra_levels="conv")(maps)
     assert len(retina) == 6 and [o.shape[-2:] for o in retina[-2:]] == [(4, 6), (2, 3)]
+    # mmdet's RetinaNet: C3-C5 in (start_level=1), P3-P7 out, P7 = conv(P6) without a ReLU unless asked for
+    c3_c5 = FPN([32, 64, 128], 24, extra_levels="conv")
+    p3_p7 = c3_c5(maps[1:])
+    assert [o.shape[-2:] for o in p3_p7] == [(32 // s, 48 // s) for s in (1, 2, 4, 8, 16)]
+    p7_conv = c3_c5.extra_convs[1]
+    torch.testing.assert_close(p3_p7[-1], p7_conv(p3_p7[-2]))
+    c3_c5.relu_before_extra = True
+    torch.testing.assert_close(c3_c5(maps[1:])[-1], p7_conv(p3_p7[-2].relu()))
+    with pytest.raises(ValueError, match="relu_before_extra"):
+        FPN([16], 8, relu_before_extra=True)
     with pytest.raises(ValueError, match="extra_levels"):
         FPN([16], 8, extra_levels="p6")
 
@@ -192,6 +202,15 @@ def test_upernet_trains_with_the_auxiliary_loss():
 
     expected = F.cross_entropy(logits["out"], target) + 0.4 * F.cross_entropy(logits["aux"], target)
     assert torch.allclose(seg.loss(logits, target), expected)
+
+
+def test_only_twins_svt_gets_a_norm_after_each_stage():
+    """mmseg: ``norm_after_stage=True`` in the SVT configs, False in the PCPVT ones (``twins_pcpvt-s_fpn.py``)."""
+    with torch.device("meta"):
+        svt = create_segmenter("twins_svt_small", head="semantic_fpn", num_classes=3)
+        pcpvt = create_segmenter("twins_pcpvt_small", head="semantic_fpn", num_classes=3)
+    assert [n.normalized_shape for n in svt.pyramid.stage_norms] == [(64,), (128,), (256,), (512,)]
+    assert pcpvt.pyramid.stage_norms is None
 
 
 def test_upernet_trains_at_batch_1():

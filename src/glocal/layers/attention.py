@@ -42,7 +42,8 @@ def attend(
     (B, heads, Nq, Nk) (float; ``-inf`` masks a key); bias_factors: ``(a, b)``, a (B, heads, Nq, r) and
     b (B, heads, Nk, r) (either broadcastable over B and heads), adding the logits ``a b^T`` without materialising
     them on the fused path. ``scale`` defaults to ``d ** -0.5`` and applies to ``q k^T`` only. Returns
-    (B, heads, Nq, dv). Softmax runs in at least float32 on the explicit path (bf16/fp16 upcast), as the fused kernels do.
+    (B, heads, Nq, dv). Softmax runs in at least float32 on the explicit path (bf16/fp16 upcast), as the fused
+    kernels do. Attention dropout (``dropout_p > 0``) in training runs torch's math kernel, which keeps the map.
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
