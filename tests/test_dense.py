@@ -138,6 +138,16 @@ def test_fpn_levels_channels_and_extra_levels():
     assert len(p6) == 5 and p6[-1].shape[-2:] == (4, 6)
     retina = FPN([16, 32, 64, 128], 24, extra_levels="conv")(maps)
     assert len(retina) == 6 and [o.shape[-2:] for o in retina[-2:]] == [(4, 6), (2, 3)]
+    # mmdet's RetinaNet: C3-C5 in (start_level=1), P3-P7 out, P7 = conv(P6) without a ReLU unless asked for
+    c3_c5 = FPN([32, 64, 128], 24, extra_levels="conv")
+    p3_p7 = c3_c5(maps[1:])
+    assert [o.shape[-2:] for o in p3_p7] == [(32 // s, 48 // s) for s in (1, 2, 4, 8, 16)]
+    p7_conv = c3_c5.extra_convs[1]
+    torch.testing.assert_close(p3_p7[-1], p7_conv(p3_p7[-2]))
+    c3_c5.relu_before_extra = True
+    torch.testing.assert_close(c3_c5(maps[1:])[-1], p7_conv(p3_p7[-2].relu()))
+    with pytest.raises(ValueError, match="relu_before_extra"):
+        FPN([16], 8, relu_before_extra=True)
     with pytest.raises(ValueError, match="extra_levels"):
         FPN([16], 8, extra_levels="p6")
 
@@ -192,6 +202,63 @@ def test_upernet_trains_with_the_auxiliary_loss():
 
     expected = F.cross_entropy(logits["out"], target) + 0.4 * F.cross_entropy(logits["aux"], target)
     assert torch.allclose(seg.loss(logits, target), expected)
+
+
+def test_only_twins_svt_gets_a_norm_after_each_stage():
+    """mmseg: ``norm_after_stage=True`` in the SVT configs, False in the PCPVT ones (``twins_pcpvt-s_fpn.py``)."""
+    with torch.device("meta"):
+        svt = create_segmenter("twins_svt_small", head="semantic_fpn", num_classes=3)
+        pcpvt = create_segmenter("twins_pcpvt_small", head="semantic_fpn", num_classes=3)
+    assert [n.normalized_shape for n in svt.pyramid.stage_norms] == [(64,), (128,), (256,), (512,)]
+    assert pcpvt.pyramid.stage_norms is None
+
+
+def test_upernet_trains_at_batch_1():
+    """mmseg's UPerHead cannot (its 1x1 pooling branch's BatchNorm sees one value per channel); glocal's normalises
+    that branch with its running statistics there, and every other BatchNorm still learns from the batch."""
+    torch.manual_seed(0)
+    seg = create_segmenter("resnet50", head="upernet", num_classes=3, head_channels=16, **_small("resnet50")).train()
+    pooled_bn = seg.decode_head.psp_modules[0][1]
+    stats = pooled_bn.running_mean.clone(), pooled_bn.running_var.clone()
+    other_bn = seg.decode_head.psp_modules[1][1]
+    other_mean = other_bn.running_mean.clone()
+    loss = seg.loss(seg.forward_train(torch.randn(1, 3, 64, 96)), torch.randint(0, 3, (1, 64, 96)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.equal(pooled_bn.running_mean, stats[0]) and torch.equal(pooled_bn.running_var, stats[1])
+    assert not torch.equal(other_bn.running_mean, other_mean)
+    assert seg.decode_head.psp_modules[0][0].weight.grad.abs().sum() > 0
+    assert pooled_bn.weight.grad is not None and pooled_bn.weight.grad.abs().sum() > 0
+
+
+def test_upernet_at_batch_2_is_mmsegs_head_unchanged():
+    """From two values per channel on, the pooled branch is torch's BatchNorm: outputs, gradients and running
+    statistics equal a head built with plain BatchNorm2d everywhere (mmseg's), state dicts key for key."""
+    from glocal.dense import PooledBatchNorm2d
+
+    torch.manual_seed(0)
+    head = UPerHead([8, 16, 24, 32], 5, channels=16).train()
+    plain = UPerHead([8, 16, 24, 32], 5, channels=16).train()
+    plain.psp_modules[0][1] = nn.BatchNorm2d(16)
+    assert isinstance(head.psp_modules[0][1], PooledBatchNorm2d)
+    assert head.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(head.state_dict())
+    torch.manual_seed(1)
+    maps = [torch.randn(2, c, 32 // s, 48 // s) for c, s in zip((8, 16, 24, 32), (1, 2, 4, 8), strict=True)]
+    outs = []
+    for model in (head, plain):
+        torch.manual_seed(2)  # the same dropout mask
+        out = model(maps)
+        out.square().sum().backward()
+        outs.append((out, model.psp_modules[0][0].weight.grad, model.psp_modules[0][1].running_var))
+    for got, want in zip(*outs, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    bn, ref = PooledBatchNorm2d(4).train(), nn.BatchNorm2d(4).train()
+    x = torch.randn(1, 4, 2, 1)  # batch 1, two values per channel: torch's BatchNorm
+    torch.testing.assert_close(bn(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=0, atol=0)
+    one = torch.randn(1, 4, 1, 1)
+    torch.testing.assert_close(bn(one), ref.eval()(one))  # one value per channel: the running statistics
 
 
 def test_frozen_stages_and_frozen_bn_statistics():

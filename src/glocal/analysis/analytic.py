@@ -23,7 +23,10 @@ SE, ratio r            2 r C^2                                      constant (po
 =====================  ===========================================  =========================================
 
 :func:`attention_costs` finds every attention module of a model, evaluates its formula at the shape it actually
-sees and puts the counted MACs of that module next to it; a test keeps them equal.
+sees and puts the counted MACs of that module next to it; a test keeps them equal. For BoTNet the compared figure
+adds what glocal's fused kernel multiplies beyond the paper's products (:func:`bot_fused_extra_macs`): the position
+logits enter as extra query/key columns and the values are zero-padded to that width, so no N x N logit map is
+stored (the price of O(N) memory in training, see :func:`glocal.layers.attention.attend`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "AttentionCost",
     "attention_costs",
     "abs_bot_mhsa_macs",
+    "bot_fused_extra_macs",
     "bot_mhsa_macs",
     "class_attention_macs",
     "context_macs",
@@ -130,6 +134,16 @@ def abs_bot_mhsa_macs(height: int, width: int, dim: int) -> int:
     content-position product (every position vector against every query)."""
     tokens = height * width
     return 3 * tokens * dim * dim + 3 * tokens * tokens * dim
+
+
+def bot_fused_extra_macs(height: int, width: int, dim: int, heads: int, *, absolute: bool = False) -> int:
+    """MACs glocal's fused BoT attention multiplies beyond the paper's: relative logits as H + W one-hot key columns
+    in ``q k^T`` and as many zero columns of the values (2 heads N^2 (H + W)); absolute positions (lj) as d extra
+    query/key columns, already counted as the content-position product, plus d zero value columns (N^2 C)."""
+    tokens = height * width
+    if absolute:
+        return tokens * tokens * dim
+    return 2 * heads * tokens * tokens * (height + width)
 
 
 def nl_macs(height: int, width: int, dim: int, ratio: float = 0.5, subsample: bool = False) -> int:
@@ -247,13 +261,15 @@ def _performer(module: TokenPerformer, args: CallArgs) -> tuple[str, int]:
 @register_analytic(AbsPosMHSA2d, "BoT MHSA2d, absolute positions")
 def _abs_bot(module: AbsPosMHSA2d, args: CallArgs) -> tuple[str, int]:
     _, dim, height, width = args[0]
-    return f"{height}x{width} C={dim}", abs_bot_mhsa_macs(height, width, dim)
+    macs = abs_bot_mhsa_macs(height, width, dim)
+    return f"{height}x{width} C={dim}", macs + bot_fused_extra_macs(height, width, dim, module.num_heads, absolute=True)
 
 
 @register_analytic(MHSA2d, "BoT MHSA2d")
 def _bot(module: MHSA2d, args: CallArgs) -> tuple[str, int]:
     _, dim, height, width = args[0]
-    return f"{height}x{width} C={dim}", bot_mhsa_macs(height, width, dim)
+    macs = bot_mhsa_macs(height, width, dim)
+    return f"{height}x{width} C={dim}", macs + bot_fused_extra_macs(height, width, dim, module.num_heads)
 
 
 @register_analytic(NonLocal2d, "non-local")

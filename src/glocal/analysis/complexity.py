@@ -86,7 +86,9 @@ def count_macs(
 ) -> int:
     """Multiply-accumulates of one inference forward pass at ``input_size`` (C, H, W), per image.
 
-    ``explicit`` forces the materialised-softmax attention path; the count is the same either way (tested).
+    ``explicit`` forces the materialised-softmax attention path; the count is the same either way (tested), except
+    in BoTNet's attention, where the fused kernel also multiplies the values' zero padding (heads * (HW)^2 * (H + W)
+    per block, see :func:`glocal.layers.attention.attend`'s ``bias_factors``).
     Without it, whichever path the call would take runs (the fused kernel, unless a probe is observed).
     """
     counter = _run_counted(model, _input(model, input_size, batch_size), explicit=explicit, train=False)

@@ -12,8 +12,10 @@ root. ``reduce_zero_label`` (ADE20K's convention) maps 0 ("other") to 255 and k 
 Training augmentation follows mmseg's ADE20K pipeline (``configs/_base_/datasets/ade20k.py``): ``RandomResize``
 (scale (2048, 512) times a ratio in (0.5, 2.0), aspect kept), ``RandomCrop`` (512x512, re-drawn up to 10 times
 while one class covers more than ``cat_max_ratio`` = 0.75 of it), flip 0.5, ``PhotoMetricDistortion`` (brightness
-+-32, contrast and saturation x0.5-1.5, hue +-18 degrees, each with probability 0.5) and padding to the crop size
-(image 0, label 255). Hue is rotated in YIQ space rather than HSV (a deviation of a few grey levels).
++-32, contrast and saturation x0.5-1.5, hue shifted by ``randint(-18, 18)`` OpenCV hue units, i.e. -36 to +34 degrees
+in steps of 2 (uint8 HSV counts hue 0-179), each with probability 0.5) and padding to the crop size (image 0, label
+255). Hue is rotated in YIQ space and saturation blended with the grey image rather than scaled in HSV (deviations of
+a few grey levels).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def photometric_distortion(x: torch.Tensor, rng: np.random.Generator) -> torch.T
         grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
         x = (grey + (x - grey) * rng.uniform(0.5, 1.5)).clamp(0, 255)
     if rng.random() < 0.5:  # hue
-        angle = math.radians(rng.uniform(-18, 18))
+        angle = math.radians(2 * int(rng.integers(-18, 18)))  # mmseg: randint(-18, 18) units of 2 degrees
         rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
         c, s = math.cos(angle), math.sin(angle)
         rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])

@@ -1,7 +1,7 @@
 """Dense prediction: necks (FPN, simple feature pyramid), segmentation heads, segmenters, detection backbones."""
 
 from glocal.dense.evaluate import SegMetrics, confusion_matrix, metrics_from_confusion, save_overlay, slide_inference
-from glocal.dense.heads import FCNHead, SemanticFPNHead, UPerHead
+from glocal.dense.heads import FCNHead, PooledBatchNorm2d, SemanticFPNHead, UPerHead
 from glocal.dense.necks import FPN, SimpleFeaturePyramid
 from glocal.dense.segmenter import (
     HEADS,
@@ -18,6 +18,7 @@ __all__ = [
     "HEADS",
     "BackboneWithFPN",
     "FCNHead",
+    "PooledBatchNorm2d",
     "SegMetrics",
     "Segmenter",
     "SemanticFPNHead",

@@ -12,6 +12,14 @@
   ``num_convs=1``, ``concat_input=False``), dropout 0.1, 1x1 classifier; its loss weighs 0.4.
 
 BatchNorm stands for mmseg's SyncBN; the segmenter converts it under data-parallel CUDA training.
+
+Deviation (UPerHead, batch 1 only): the pyramid-pooling branch of scale 1 pools to 1x1, so at batch 1 its BatchNorm
+sees one value per channel, where torch's (and mmseg's) BatchNorm refuses to train. That branch's norm is a
+:class:`PooledBatchNorm2d`: it normalises with its running statistics (and leaves them alone) for such a batch, and is
+torch's BatchNorm for any batch with two or more values per channel, so at batch >= 2 the head is mmseg's to the bit
+and its state dict is the same. A CPU user fine-tuning at 1024 px can then train at batch 1, the branch acting as a
+learned per-channel affine map of its conv; GroupNorm would also train there but would change the published head at
+every batch size and its checkpoints' keys.
 """
 
 from __future__ import annotations
@@ -24,11 +32,21 @@ from torch import nn
 
 from glocal.dense.necks import conv_norm_act
 
-__all__ = ["FCNHead", "SemanticFPNHead", "UPerHead"]
+__all__ = ["FCNHead", "PooledBatchNorm2d", "SemanticFPNHead", "UPerHead"]
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises a training batch holding one value per channel (batch 1 of a 1x1 map) with its
+    running statistics, without updating them, instead of raising; every other batch is torch's BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 class _ClassifierMixin(nn.Module):
@@ -74,7 +92,10 @@ class SemanticFPNHead(_ClassifierMixin):
 
 
 class UPerHead(_ClassifierMixin):
-    """Four maps (C_i channels, strides 4..32) -> logits (B, num_classes, H/4, W/4)."""
+    """Four maps (C_i channels, strides 4..32) -> logits (B, num_classes, H/4, W/4).
+
+    The scale-1 pooling branch normalises with :class:`PooledBatchNorm2d`, so batch 1 trains (mmseg's head cannot);
+    from batch 2 on it is mmseg's ``UPerHead`` exactly (tested)."""
 
     def __init__(
         self,
@@ -87,7 +108,9 @@ class UPerHead(_ClassifierMixin):
     ) -> None:
         super().__init__()
         self.pool_scales = pool_scales
-        self.psp_modules = nn.ModuleList(conv_norm_act(in_channels[-1], channels, 1) for _ in pool_scales)
+        self.psp_modules = nn.ModuleList(
+            conv_norm_act(in_channels[-1], channels, 1, norm=PooledBatchNorm2d if s == 1 else "bn") for s in pool_scales
+        )  # scale 1: batch 1 trains too (see the module docstring)
         self.bottleneck = conv_norm_act(in_channels[-1] + len(pool_scales) * channels, channels, 3)
         self.lateral_convs = nn.ModuleList(conv_norm_act(c, channels, 1) for c in in_channels[:-1])
         self.fpn_convs = nn.ModuleList(conv_norm_act(channels, channels, 3) for _ in in_channels[:-1])

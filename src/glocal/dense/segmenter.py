@@ -10,7 +10,8 @@
 
 The image is zero-padded (after normalisation: the mean) at the bottom and right to a multiple of 32 (and of the
 backbone's divisor), and the logits are upsampled bilinearly and cropped back, so any input size gives logits of that
-size. Twins stages get a LayerNorm each, as mmseg's ``norm_after_stage`` for SVT.
+size. Twins-SVT stages get a LayerNorm each, as mmseg's SVT configs (``norm_after_stage=True``); Twins-PCPVT's do
+not (``norm_after_stage=False`` in ``_base_/models/twins_pcpvt-s_fpn.py`` and ``twins_pcpvt-s_upernet.py``).
 
 Backbone options dense training uses: ``frozen_stages`` and ``frozen_bn`` (ResNet family, mmdet's ``frozen_stages``
 and ``norm_eval``), ``drop_path_rate`` (passed to the families that have stochastic depth), ``grad_checkpointing``
@@ -72,9 +73,8 @@ class PyramidBackbone(nn.Module):
             self.body = FeaturePyramid(backbone, taps)
             self.channels = [backbone.feature_info.channels()[i] for i in taps]
             self.sfp = None
-        self.stage_norms = (
-            nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels) if isinstance(backbone, Twins) else None
-        )
+        svt = isinstance(backbone, Twins) and backbone.cfg.window_sizes is not None
+        self.stage_norms = nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels) if svt else None
 
     @property
     def backbone(self) -> nn.Module:

@@ -5,6 +5,12 @@
 explicit path (same numbers up to float rounding) that routes the softmax through an :class:`AttentionProbe` when an
 analysis observes it. :func:`attend_logits` is the same core for attention whose logits are not a dot product (the
 query-independent pooling of GC and SNL blocks).
+
+Additive position logits that factor as a product ``a b^T`` (BoTNet's relative and absolute position terms) are
+passed as ``bias_factors`` rather than as an (Nq, Nk) ``bias``: the fused path appends them to the queries and keys
+(``[q * scale, a] . [k, b] = q k^T * scale + a b^T``) and so keeps torch's flash kernel, whose forward and backward
+hold O(N) memory, where a materialised bias would send training to the O(N^2) math kernel (at 2048 px BoTNet's first
+c5 block attends over 128 x 128 positions: 4 GiB per copy of its logits).
 """
 
 from __future__ import annotations
@@ -26,27 +32,57 @@ def attend(
     *,
     probe: AttentionProbe | None = None,
     bias: torch.Tensor | None = None,
+    bias_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Scaled dot-product attention.
 
     q: (B, heads, Nq, d); k: (B, heads, Nk, d); v: (B, heads, Nk, dv); bias: additive logits broadcastable to
-    (B, heads, Nq, Nk) (float; ``-inf`` masks a key). ``scale`` defaults to ``d ** -0.5``. Returns (B, heads, Nq, dv).
-    Softmax runs in float32 on the explicit path whatever the input dtype, as the fused kernels do.
+    (B, heads, Nq, Nk) (float; ``-inf`` masks a key); bias_factors: ``(a, b)``, a (B, heads, Nq, r) and
+    b (B, heads, Nk, r) (either broadcastable over B and heads), adding the logits ``a b^T`` without materialising
+    them on the fused path. ``scale`` defaults to ``d ** -0.5`` and applies to ``q k^T`` only. Returns
+    (B, heads, Nq, dv). Softmax runs in at least float32 on the explicit path (bf16/fp16 upcast), as the fused
+    kernels do. Attention dropout (``dropout_p > 0``) in training runs torch's math kernel, which keeps the map.
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if bias is not None and bias_factors is not None:
+        raise ValueError("attend takes bias or bias_factors, not both")
     if not is_observed(probe):
-        if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale)) is not None:
-            return out  # the CPU backend's blocked route, where it is on and measured faster
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+        if bias_factors is not None:
+            q, k, v, dv = _fold_factors(q, k, v, scale, *bias_factors)
+            return _fused(q, k, v, None, 1.0, dropout_p)[..., :dv]
+        return _fused(q, k, v, bias, scale, dropout_p)
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
+    if bias_factors is not None:
+        a, b = bias_factors
+        bias = a @ b.transpose(-2, -1)  # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
     return _softmax_probe_matmul(logits, v, probe, dropout_p)
+
+
+def _fused(q, k, v, bias: torch.Tensor | None, scale: float, dropout_p: float) -> torch.Tensor:
+    # torch's CPU flash kernel takes only inputs whose head dimension is contiguous; any other stride (NL's and
+    # BoTNet's channel-major projections) silently runs the math kernel, which materialises the N x N map.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale)) is not None:
+        return out  # the CPU backend's blocked route, where it is on and measured faster
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
+def _fold_factors(q, k, v, scale: float, a: torch.Tensor, b: torch.Tensor):
+    """``[q * scale, a]``, ``[k, b]`` and v, zero-padded to one head width (the flash kernel needs one), and dv."""
+    lead = torch.broadcast_shapes(q.shape[:2], k.shape[:2], v.shape[:2], a.shape[:2], b.shape[:2])  # (B, heads)
+    q = torch.cat([(q * scale).expand(*lead, -1, -1), a.to(q.dtype).expand(*lead, -1, -1)], dim=-1)  # (.., Nq, d+r)
+    k = torch.cat([k.expand(*lead, -1, -1), b.to(k.dtype).expand(*lead, -1, -1)], dim=-1)  # (.., Nk, d + r)
+    dv, width = v.shape[-1], max(q.shape[-1], v.shape[-1])
+    q, k = F.pad(q, (0, width - q.shape[-1])), F.pad(k, (0, width - k.shape[-1]))
+    v = F.pad(v.expand(*lead, -1, -1), (0, width - dv))  # (B, heads, Nk, width)
+    return q, k, v, dv
 
 
 def attend_logits(
@@ -62,7 +98,7 @@ def attend_logits(
 def _softmax_probe_matmul(
     logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float
 ) -> torch.Tensor:
-    attn = logits.float().softmax(dim=-1).to(v.dtype)
+    attn = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(v.dtype)
     if probe is not None:
         attn = probe(attn)
     if dropout_p > 0.0:

@@ -43,8 +43,8 @@ class MHSA2d(nn.Module):
         qkv = self.qkv(x).reshape(B, 3, self.num_heads, self.head_dim, H * W).transpose(-2, -1)
         q, k, v = qkv.unbind(1)  # each (B, heads, HW, d)
         scale = self.head_dim**-0.5
-        bias = self.rel_pos((q * scale).reshape(B, self.num_heads, H, W, self.head_dim))  # (B, heads, HW, HW)
-        out = attend(q, k, v, probe=self.probe, bias=bias, scale=scale)  # (B, heads, HW, d)
+        factors = self.rel_pos.factors((q * scale).reshape(B, self.num_heads, H, W, self.head_dim))
+        out = attend(q, k, v, probe=self.probe, bias_factors=factors, scale=scale)  # (B, heads, HW, d)
         return out.transpose(-2, -1).reshape(B, C, H, W)
 
 
@@ -93,6 +93,6 @@ class AbsPosMHSA2d(nn.Module):
             proj(x).reshape(B, self.num_heads, self.head_dim, H * W).transpose(-2, -1)  # (B, heads, HW, d)
             for proj in (self.query, self.key, self.value)
         )
-        bias = self.position(H, W) @ q.transpose(-2, -1)  # (B, heads, HW, HW): p_i . q_j
-        out = attend(q, k, v, probe=self.probe, bias=bias, scale=1.0)  # (B, heads, HW, d)
+        # p_i . q_j as bias factors (position of query i, content of key j), never an HW x HW map
+        out = attend(q, k, v, probe=self.probe, bias_factors=(self.position(H, W), q), scale=1.0)  # (B, heads, HW, d)
         return out.transpose(-2, -1).reshape(B, C, H, W)

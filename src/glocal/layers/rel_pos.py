@@ -33,7 +33,14 @@ def _relative_rows(table: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class RelPosLogits(nn.Module):
-    """q (B, heads, H, W, d) -> relative logits (B, heads, H*W, H*W), queries and keys in row-major order."""
+    """q (B, heads, H, W, d) -> relative logits (B, heads, H*W, H*W), queries and keys in row-major order.
+
+    The logits factor through one-hot key coordinates: ``logit[i, j] = L_h[i, y_j] + L_w[i, x_j]`` with
+    ``L_h = q . R_h`` over the H key rows and ``L_w`` over the W key columns, so ``logits = a b^T`` with
+    a = [L_h, L_w] (B, heads, HW, H + W) and b = [onehot(y_j), onehot(x_j)] (HW, H + W). :meth:`factors` returns
+    (a, b) for :func:`~glocal.layers.attention.attend`'s ``bias_factors`` (never the HW x HW map); the product is
+    exactly the sum of the two terms (every other product is a zero).
+    """
 
     def __init__(self, feat_size: tuple[int, int], head_dim: int) -> None:
         super().__init__()
@@ -41,11 +48,19 @@ class RelPosLogits(nn.Module):
         self.height = nn.Parameter(torch.randn(2 * height - 1, head_dim) * head_dim**-0.5)
         self.width = nn.Parameter(torch.randn(2 * width - 1, head_dim) * head_dim**-0.5)
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
+    def factors(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a (B, heads, HW, H + W), b (1, 1, HW, H + W)) with ``a b^T`` the relative logits."""
         B, heads, H, W, _ = q.shape
         rel_h = _relative_rows(resample_table(self.height, H), H)  # (Hq, Hk, d)
         rel_w = _relative_rows(resample_table(self.width, W), W)  # (Wq, Wk, d)
         logits_h = torch.einsum("bnyxd,ykd->bnyxk", q, rel_h)  # (B, heads, Hq, Wq, Hk)
         logits_w = torch.einsum("bnyxd,xkd->bnyxk", q, rel_w)  # (B, heads, Hq, Wq, Wk)
-        logits = logits_h.unsqueeze(-1) + logits_w.unsqueeze(-2)  # (B, heads, Hq, Wq, Hk, Wk)
-        return logits.reshape(B, heads, H * W, H * W)
+        a = torch.cat([logits_h, logits_w], dim=-1).reshape(B, heads, H * W, H + W)  # (B, heads, HW, H + W)
+        onehot_rows = torch.eye(H, dtype=q.dtype, device=q.device).repeat_interleave(W, dim=0)  # (HW, H): y_j
+        onehot_cols = torch.eye(W, dtype=q.dtype, device=q.device).repeat(H, 1)  # (HW, W): x_j
+        b = torch.cat([onehot_rows, onehot_cols], dim=-1)  # (HW, H + W)
+        return a, b[None, None]
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        a, b = self.factors(q)
+        return a @ b.transpose(-2, -1)  # (B, heads, HW, HW)
