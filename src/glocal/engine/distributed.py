@@ -24,6 +24,7 @@ __all__ = [
     "cleanup",
     "cpus_per_process",
     "setup",
+    "shard",
 ]
 
 
@@ -76,6 +77,13 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def shard(count: int, info: DistInfo | None) -> list[int]:
+    """This rank's strided share of ``range(count)`` for evaluation (every item on exactly one rank; the metrics'
+    sums are then reduced with :func:`all_reduce_sum`)."""
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    return list(range(rank, count, world))
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
