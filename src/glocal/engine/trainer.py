@@ -291,6 +291,7 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
     source: Checkpoint | None = None
     if cfg.checkpoint is not None and not cfg.resume:
         source = open_checkpoint(cfg.checkpoint)
+        source.refuse_segmenter("glocal train without --task segment (classification) and glocal.engine.train")
         if cfg.model is None:
             cfg = dataclasses.replace(cfg, model=source.model_name)
     if cfg.model is None:
@@ -493,6 +494,9 @@ def _evaluate_and_checkpoint(run: _Run, train: dict[str, float], images: float, 
     """Evaluate the live and EMA weights, append the epoch's record to ``log.jsonl``, write ``last.pt``, and
     ``best/`` when the better of the two beats every earlier epoch. Returns the record."""
     cfg = run.cfg
+    for module in (run.model, run.ema):
+        if module is not None:
+            distributed.broadcast_buffers(module, run.info)
     live = run.task.evaluate(run, run.model)
     ema = run.task.evaluate(run, run.ema.module) if run.ema is not None else None
     run.last_eval = (live, ema)
