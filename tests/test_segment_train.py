@@ -19,7 +19,7 @@ from glocal.engine import load_train_state
 from glocal.engine.segment import SegmentConfig, evaluate_segment, train_segment
 from glocal.weights import open_checkpoint
 from tests.test_engine import TINY_RESNET, assert_resumed_exactly, flip_recorded_routes
-from tests.test_train_cli import GLOCAL, TINY_VIT
+from tests.test_train_cli import TINY_VIT
 
 # Chance level: predicting every pixel as background (about 80% of the labelled pixels) scores an mIoU of about
 # 20% over the four classes; a uniform random guess about 12%. The run below reached 47.5% (measured on this
@@ -148,12 +148,13 @@ def test_resume_from_a_stopped_segment_run_ends_with_the_same_weights(shapes, tm
     assert [json.loads(line)["epoch"] for line in resumed.log.read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.slow  # 30-45 s here, most of it two processes importing torch: `make test-slow` or `-m slow`
 def test_two_processes_train_a_segmenter_and_score_the_whole_val_set(shapes, tmp_path):
-    """torchrun with 2 CPU processes (gloo): each rank evaluates half the validation images and the confusion
+    """``torchrun --nproc-per-node 2 -m glocal train --task segment`` on CPU (gloo): each rank evaluates half the validation images and the confusion
     matrices are summed, so the logged mIoU is the whole set's: equal to this process's evaluation of the saved
     weights over every image."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", GLOCAL]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "glocal"]
     out = tmp_path / "ddp"
     proc = subprocess.run([*ddp, *tiny_args(shapes, out)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
