@@ -114,6 +114,15 @@ def test_a_segmenter_is_rebuilt_from_its_checkpoint_alone(run, shapes, capsys):
     assert len(list((run / "overlays").glob("*_overlay.png"))) == 4
 
 
+def test_fine_tuning_takes_the_segmenter_from_its_checkpoint(run, shapes, tmp_path):
+    args = ["train", "--task", "segment", "--checkpoint", str(run / "model"), "--data", str(shapes), *TINY_SETS[4:]]
+    out = tmp_path / "ft"
+    assert main([*args, "--batch-size", "4", "--max-steps", "1", "--output", str(out), "--quiet", "--threads", "1"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["segment"]["head"] == "semantic_fpn" and config["segment"]["head_channels"] == 16
+    assert config["config"]["depths"] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

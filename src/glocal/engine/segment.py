@@ -79,8 +79,9 @@ class SegmentConfig(TrainConfig):
     ADE20K ones (``configs/_base_/datasets/ade20k.py``)."""
 
     task: str = "segment"
-    head: str = "upernet"  # 'upernet' | 'semantic_fpn'
-    head_channels: int | None = None  # None: mmseg's widths (see create_segmenter)
+    # 'upernet' | 'semantic_fpn'; None: the --checkpoint segmenter's, else 'upernet'.
+    head: str | None = None
+    head_channels: int | None = None  # None: the --checkpoint segmenter's, else mmseg's widths (create_segmenter)
     reduce_zero_label: bool = False
     scale: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -174,6 +175,13 @@ def _set_up(cfg: SegmentConfig, info: distributed.DistInfo) -> _Run:
     if cfg.checkpoint is not None and not cfg.resume:
         source = open_checkpoint(cfg.checkpoint)
         cfg = dataclasses.replace(cfg, model=resolve_model_name(cfg.model, source))
+        if source.segment is not None:  # fine-tuning a segmenter: its architecture unless the flags say otherwise
+            cfg = dataclasses.replace(
+                cfg,
+                head=cfg.head or source.segment["head"],
+                head_channels=cfg.head_channels or source.segment["head_channels"],
+                model_kwargs={**source.config, **cfg.model_kwargs},
+            )
     train_pairs = SegmentationDataset(cfg.data, "train", reduce_zero_label=cfg.reduce_zero_label)
     val_set = SegmentationDataset(cfg.data, "val", reduce_zero_label=cfg.reduce_zero_label)
     check_batch(cfg, info, len(train_pairs))
