@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from glocal.cli import main
 from glocal.data.segmentation import IGNORE_INDEX, SegmentationDataset, make_synthetic_segmentation
 from glocal.engine import load_train_state
 from glocal.engine.segment import SegmentConfig, evaluate_segment, train_segment
-from glocal.weights import open_checkpoint
+from glocal.weights import CheckpointError, open_checkpoint
 from tests.test_engine import TINY_RESNET, assert_resumed_exactly, flip_recorded_routes
 from tests.test_train_cli import TINY_VIT
 
@@ -112,6 +114,23 @@ def test_a_segmenter_is_rebuilt_from_its_checkpoint_alone(run, shapes, capsys):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["mIoU"] == pytest.approx(open_checkpoint(run / "model").metrics["val_mIoU"])
     assert len(list((run / "overlays").glob("*_overlay.png"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"task": "detect"}, "task 'detect', which this glocal does not know"),
+        ({"segment": None}, "task 'segment' without its segment entry"),
+        ({"segment": {"head": "semantic_fpn", "crop_size": "big"}}, "segment 'crop_size'"),
+    ],
+)
+def test_a_damaged_segmenter_config_is_refused_in_words(run, tmp_path, change, message):
+    folder = tmp_path / "model"
+    shutil.copytree(run / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | change))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        open_checkpoint(folder)
 
 
 def test_fine_tuning_takes_the_segmenter_from_its_checkpoint(run, shapes, tmp_path):

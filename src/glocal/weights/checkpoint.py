@@ -257,5 +257,6 @@ def _from_train_state(path: Path, state: dict[str, Any], ema: bool) -> Checkpoin
             "num_classes": len(state["classes"]),
             "data_config": data_config,
             "classes": state["classes"],
+            "task": state.get("task"),
         }
     return _from_config(path, "train-state", dict(state[key]), config, weights=_which(ema), train_state=state)
