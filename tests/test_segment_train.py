@@ -136,7 +136,7 @@ def test_a_damaged_segmenter_config_is_refused_in_words(run, tmp_path, change, m
 def test_fine_tuning_takes_the_segmenter_from_its_checkpoint(run, shapes, tmp_path):
     args = ["train", "--task", "segment", "--checkpoint", str(run / "model"), "--data", str(shapes), *TINY_SETS[4:]]
     out = tmp_path / "ft"
-    assert main([*args, "--batch-size", "4", "--max-steps", "1", "--output", str(out), "--quiet", "--threads", "1"]) == 0
+    assert main([*args, "--batch-size", "4", "--max-steps", "1", "--output", str(out), "--quiet"]) == 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["segment"]["head"] == "semantic_fpn" and config["segment"]["head_channels"] == 16
     assert config["config"]["depths"] == [1, 1, 1, 1]
@@ -178,9 +178,9 @@ def test_resume_from_a_stopped_segment_run_ends_with_the_same_weights(shapes, tm
 
 @pytest.mark.slow  # 30-45 s here, most of it two processes importing torch: `make test-slow` or `-m slow`
 def test_two_processes_train_a_segmenter_and_score_the_whole_val_set(shapes, tmp_path):
-    """``torchrun --nproc-per-node 2 -m glocal train --task segment`` on CPU (gloo): each rank evaluates half the validation images and the confusion
-    matrices are summed, so the logged mIoU is the whole set's: equal to this process's evaluation of the saved
-    weights over every image."""
+    """``torchrun --nproc-per-node 2 -m glocal train --task segment`` on CPU (gloo): each rank evaluates half the
+    validation images and the confusion matrices are summed, so the logged mIoU is the whole set's: equal to this
+    process's evaluation of the saved weights over every image."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "glocal"]
     out = tmp_path / "ddp"
