@@ -12,9 +12,10 @@ the same augmentation draw, and DDP averages the gradients; with BatchNorm each 
 (as every DDP recipe does), otherwise the step equals the single-process step on the global batch. Evaluation
 shards the validation set across the ranks and sums the confusion matrices, so the metrics are the whole set's.
 
-One loop serves every task (:func:`run`): a :class:`Task` brings its set-up, its training epoch, its evaluation and
-the score ``best/`` and ``model/`` are chosen by (classification: top-1; ``glocal.engine.segment``: mIoU); run
-folders, ``last.pt``, resume, EMA, divergence checks, logs, curves and the final report are shared.
+One loop serves every task (:func:`run`): a task brings a set-up (model and data, then the shared :func:`assemble`)
+and a :class:`Task`: its training epoch, its evaluation and the score ``best/`` and ``model/`` are chosen by
+(classification: top-1; ``glocal.engine.segment``: mIoU); run folders, ``last.pt``, resume, EMA, divergence checks,
+logs, curves and the final report are shared.
 """
 
 from __future__ import annotations
@@ -102,10 +103,11 @@ class TrainResult:
 class Task:
     """What a task brings to the shared loop.
 
-    ``train_epoch(run, callback)`` runs the epoch's remaining steps through :func:`epoch_batches` and
-    :func:`optimiser_step` and returns the training metrics summed over the ranks (``{"loss": ..., "top1": ...}``,
-    logged as ``train_<name>``) and its seconds; ``evaluate(run, model)`` returns a result with ``summary()``, whose
-    ``score`` entry chooses ``best/`` and the live or EMA weights of ``model/``.
+    ``train_epoch(run, callback)`` runs the epoch's remaining steps through :func:`epoch_batches`,
+    :func:`optimiser_step` and :func:`end_epoch` and returns the epoch's training metrics over every rank
+    (``{"loss": ..., "top1": ...}``, logged as ``train_<name>``), the number of images and the seconds it took;
+    ``evaluate(run, model)`` returns a result with ``summary()``, whose ``score`` entry chooses ``best/`` and the
+    live or EMA weights of ``model/``.
     """
 
     name: str
@@ -144,7 +146,7 @@ class _Run:
     best_score: float = -math.inf
     # The (epoch, global step) that last.pt holds, once written or resumed from.
     saved_at: tuple[int, int] | None = None
-    last_eval: tuple[EvalResult, EvalResult | None] | None = None
+    last_eval: tuple[Any, Any] | None = None
 
     @property
     def state_path(self) -> Path:
