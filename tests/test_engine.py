@@ -122,19 +122,31 @@ def test_resume_from_a_stopped_run_ends_with_the_same_weights(tmp_path):
     full = train(_tiny_config(tmp_path / "full", epochs=2))
     stopped = train(_tiny_config(tmp_path / "resumed", epochs=2, max_steps=30))
     assert stopped.steps == 30 and load_train_state(stopped.checkpoint)["step_in_epoch"] == 30 - 22
-    routes = load_train_state(stopped.checkpoint)["cpu_routes"]
-    assert routes  # the CPU backend's choices, recorded with the run
-    # This process now "measures" the opposite: the resumed run must still take the recorded routes.
-    cpu_backend._routes.update({k: "default" if v == "onednn" else "onednn" for k, v in routes.items()})
+    routes = flip_recorded_routes(stopped.checkpoint)
     resumed = train(_tiny_config(tmp_path / "resumed", epochs=2, resume=True))
     assert resumed.steps == full.steps == 44
+    assert_resumed_exactly(full.checkpoint, resumed.checkpoint, routes)
+    assert len(resumed.log.read_text().splitlines()) == 2
+
+
+def flip_recorded_routes(state_path: Path) -> dict[str, str]:
+    """The CPU routes a stopped run recorded in its ``last.pt`` (asserted non-empty); this process is made to
+    "measure" the opposite ones, which a resumed run must not take."""
+    routes = load_train_state(state_path)["cpu_routes"]
+    assert routes  # the CPU backend's choices, recorded with the run
+    cpu_backend._routes.update({k: "default" if v == "onednn" else "onednn" for k, v in routes.items()})
+    return routes
+
+
+def assert_resumed_exactly(full: Path, resumed: Path, routes: dict[str, str]) -> None:
+    """The resumed run took the recorded ``routes`` and ended with the uninterrupted run's live and EMA weights, bit
+    for bit."""
     assert cpu_backend.route_state().items() >= routes.items()
-    a, b = load_train_state(full.checkpoint), load_train_state(resumed.checkpoint)
+    a, b = load_train_state(full), load_train_state(resumed)
     for key in ("model", "model_ema"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    assert len(resumed.log.read_text().splitlines()) == 2
 
 
 def test_fine_tune_from_a_run_with_other_classes(tmp_path):

@@ -86,6 +86,8 @@ def create_model(
     ckpt = (
         checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else open_checkpoint(checkpoint, ema=ema)
     )
+    if ckpt is not None:
+        ckpt.refuse_segmenter("glocal.create_model and the commands built on it (predict, export, convert, attention)")
     name = resolve_model_name(name, ckpt)
     entry = get_entry(name)
     cfg = entry.config()

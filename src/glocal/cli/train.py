@@ -162,39 +162,48 @@ class _ProgressBar(Callback):
 
     def on_epoch_end(self, record: dict) -> None:
         self.progress.stop()
+        train_acc = record.get("train_top1", record.get("train_aAcc"))
+        if "val_mIoU" in record:  # --task segment
+            val, ema = f"mIoU {record['val_mIoU']:.2f}% mAcc {record['val_mAcc']:.2f}%", record.get("ema_val_mIoU")
+        else:
+            val, ema = f"loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2f}%", record.get("ema_val_top1")
         line = (
-            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_top1']:.1f}% | "
-            f"val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2f}% | {record['images_per_s']:.0f} img/s"
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {train_acc:.1f}% | val {val} | "
+            f"{record['images_per_s']:.0f} img/s"
         )
-        if "ema_val_top1" in record:
-            line += f" | EMA top-1 {record['ema_val_top1']:.2f}%"
+        if ema is not None:
+            line += f" | EMA {'mIoU' if 'val_mIoU' in record else 'top-1'} {ema:.2f}%"
         self.console.print(line)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glocal.engine.trainer import train
-
     cfg = resolve_config(args)
     console = Console()
     is_main = int(os.environ.get("RANK", "0")) == 0
     callback = _ProgressBar(console) if is_main and not args.quiet else None
-    if getattr(cfg, "task", "classify") == "segment":
-        return _run_segment(cfg, console, is_main)
+    segment = getattr(cfg, "task", "classify") == "segment"
+    if segment:
+        from glocal.engine.segment import train_segment as train
+    else:
+        from glocal.engine.trainer import train
     result = train(cfg, callback)
     if not is_main:
         return 0
     if result.skipped_files:
         console.print(f"[yellow]skipped {len(result.skipped_files)} unreadable file(s); see the warnings above[/]")
     if result.val is not None:
-        line = (
-            f"[bold]validation top-1 {result.val.top1:.2f}%[/] (top-5 {result.val.top5:.2f}%, loss "
-            f"{result.val.loss:.4f}, {result.val.count} images, {result.saved_weights} weights) after {result.steps} "
-            f"steps in {result.seconds:.0f} s"
-        )
+        val, score = result.val, "mIoU" if segment else "top-1"
+        if segment:
+            line = f"[bold]validation mIoU {val.miou:.2f}%[/] (mAcc {val.macc:.2f}%, aAcc {val.aacc:.2f}%"
+        else:
+            line = f"[bold]validation top-1 {val.top1:.2f}%[/] (top-5 {val.top5:.2f}%, loss {val.loss:.4f}"
+            line += f", {val.count} images"
+        line += f", {result.saved_weights} weights) after {result.steps} steps in {result.seconds:.0f} s"
         if result.ema_val is not None:
+            key = "mIoU" if segment else "top1"
             line += (
-                f"\nlive weights top-1 {result.live_val.top1:.2f}%, EMA weights top-1 {result.ema_val.top1:.2f}%: "
-                f"model/ holds the {result.saved_weights} weights"
+                f"\nlive weights {score} {result.live_val.summary()[key]:.2f}%, EMA weights {score} "
+                f"{result.ema_val.summary()[key]:.2f}%: model/ holds the {result.saved_weights} weights"
             )
         console.print(line, soft_wrap=True)
     console.print(
@@ -203,19 +212,4 @@ def run(args: argparse.Namespace) -> int:
         f"curves:     {result.curves}\nconfig:     {result.config}",
         soft_wrap=True,
     )
-    return 0
-
-
-def _run_segment(cfg, console: Console, is_main: bool) -> int:
-    from glocal.engine.segment import train_segment
-
-    result = train_segment(cfg)
-    if is_main and result.val is not None:
-        console.print(
-            f"[bold]validation mIoU {result.val.miou:.2f}%[/] (mAcc {result.val.macc:.2f}%, "
-            f"aAcc {result.val.aacc:.2f}%) after {result.steps} steps in {result.seconds:.0f} s\n"
-            f"checkpoint: {result.checkpoint} "
-            f"(resume with --resume --output {result.output_dir})\nlog:        {result.log}",
-            soft_wrap=True,
-        )
     return 0

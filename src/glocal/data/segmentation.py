@@ -7,7 +7,8 @@ Layouts (``SegmentationDataset(root, split)``):
 * VOC: ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` and the stems in ``ImageSets/Segmentation/{train,val}.txt``.
 
 Labels are PNG maps of class indices, 255 = ignore. Class names come from ``classes.txt`` (one per line) in the
-root. ``reduce_zero_label`` (ADE20K's convention) maps 0 ("other") to 255 and k to k - 1.
+root. Palette-mode label PNGs (VOC's) give the dataset its ``palette``, the colour of each class, which a trained
+segmenter keeps for its overlays. ``reduce_zero_label`` (ADE20K's convention) maps 0 ("other") to 255 and k to k - 1.
 
 Training augmentation follows mmseg's ADE20K pipeline (``configs/_base_/datasets/ade20k.py``): ``RandomResize``
 (scale (2048, 512) times a ratio in (0.5, 2.0), aspect kept), ``RandomCrop`` (512x512, re-drawn up to 10 times
@@ -66,7 +67,8 @@ def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Item ``i``: (uint8 image (3, H, W), int64 labels (H, W)) at the files' own size."""
+    """Item ``i``: (uint8 image (3, H, W), int64 labels (H, W)) at the files' own size. ``palette``: the (r, g, b)
+    of each class when the label PNGs are palette images, else None."""
 
     def __init__(self, root: str | Path, split: str = "train", *, reduce_zero_label: bool = False) -> None:
         self.root = Path(root)
@@ -80,6 +82,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if missing:
             raise FileNotFoundError(f"{len(missing)} image/label file(s) missing, e.g. {missing[0]!r}")
         self.reduce_zero_label = reduce_zero_label
+        self.palette = _label_palette(self.pairs[0][1], len(self.classes), reduce_zero_label)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -98,6 +101,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
             label = torch.where(label == 0, IGNORE_INDEX, label - 1)
             label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
         return image, label
+
+
+def _label_palette(path: Path, num_classes: int, reduce_zero_label: bool) -> tuple[tuple[int, int, int], ...] | None:
+    """The colours of classes 0..K-1 in a palette-mode label PNG (after ``reduce_zero_label``'s shift), else None."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode != "P" or im.getpalette() is None:
+            return None
+        flat = im.getpalette()
+    colours = [tuple(flat[i : i + 3]) for i in range(0, len(flat) - 2, 3)][int(reduce_zero_label) :]
+    return tuple(colours[:num_classes]) if len(colours) >= num_classes else None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the classes present in the ground truth (mmseg's ``nanmean``: a class with no pi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,32 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SegMetrics", "confusion_matrix", "metrics_from_confusion", "palette", "save_overlay", "slide_inference"]
+__all__ = [
+    "SegInference",
+    "SegMetrics",
+    "confusion_matrix",
+    "metrics_from_confusion",
+    "palette",
+    "save_overlay",
+    "slide_inference",
+]
+
+
+@dataclass(frozen=True)
+class SegInference:
+    """How a segmenter is evaluated (mmseg's ``test_pipeline`` and ``test_cfg``; the ADE20K defaults): the image
+    resized to fit ``test_scale`` (long, short) with its aspect kept (None: its own size), then ``"whole"`` or
+    ``"slide"`` inference with ``crop_size`` windows every ``slide_stride`` pixels. A trained segmenter carries its
+    run's settings in its checkpoint."""
+
+    test_scale: tuple[int, int] | None = (2048, 512)
+    eval_mode: str = "whole"
+    crop_size: tuple[int, int] = (512, 512)
+    slide_stride: tuple[int, int] = (341, 341)
+
+    def __post_init__(self) -> None:
+        if self.eval_mode not in ("whole", "slide"):
+            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}")
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255):
@@ -80,18 +106,29 @@ def slide_inference(model: nn.Module, x: torch.Tensor, crop: tuple[int, int], st
     return out / count
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 colours, fixed (a seeded draw), the same in every overlay."""
-    return np.random.default_rng(0).integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
+def palette(num_classes: int, colours: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(K, 3) uint8 colours: ``colours`` (a dataset's own palette) first, then a fixed seeded draw for the rest."""
+    drawn = np.random.default_rng(0).integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
+    if colours:
+        given = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)[:num_classes]
+        drawn[: len(given)] = given
+    return drawn
 
 
-def save_overlay(image: torch.Tensor, pred: torch.Tensor, path: str | Path, alpha: float = 0.5) -> Path:
-    """uint8 (3, H, W) image and (H, W) labels -> a PNG of the image blended with the label colours."""
+def save_overlay(
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    path: str | Path,
+    alpha: float = 0.5,
+    colours: Sequence[Sequence[int]] | None = None,
+) -> Path:
+    """uint8 (3, H, W) image and (H, W) labels -> a PNG of the image blended with the label colours (``colours``:
+    the dataset's palette, see :func:`palette`)."""
     from PIL import Image
 
     from glocal.weights.io import atomic_path
 
-    colours = palette(256)[pred.clamp(min=0, max=255).numpy()]
+    colours = palette(256, colours)[pred.clamp(min=0, max=255).numpy()]
     blended = (1 - alpha) * image.permute(1, 2, 0).numpy().astype(np.float32) + alpha * colours
     path = Path(path)
     with atomic_path(path) as tmp:

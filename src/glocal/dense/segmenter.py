@@ -13,6 +13,11 @@ backbone's divisor), and the logits are upsampled bilinearly and cropped back, s
 size. Twins-SVT stages get a LayerNorm each, as mmseg's SVT configs (``norm_after_stage=True``); Twins-PCPVT's do
 not (``norm_after_stage=False`` in ``_base_/models/twins_pcpvt-s_fpn.py`` and ``twins_pcpvt-s_upernet.py``).
 
+A segmenter saves and loads as a classifier does (``save_checkpoint(segmenter, folder)``: ``model.safetensors``
++ ``config.json`` with ``"task": "segment"``, the backbone's name and config, and a ``segment`` entry: head, head
+width, label settings, palette and the :class:`~glocal.dense.evaluate.SegInference` settings), and
+``create_segmenter(checkpoint=folder_or_last_pt)`` rebuilds it from that alone.
+
 Backbone options dense training uses: ``frozen_stages`` and ``frozen_bn`` (ResNet family, mmdet's ``frozen_stages``
 and ``norm_eval``), ``drop_path_rate`` (passed to the families that have stochastic depth), ``grad_checkpointing``
 (every residual block recomputed in the backward pass), and :func:`layer_decay_groups` for layer-wise learning-rate
@@ -21,6 +26,7 @@ decay of the transformers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import types
@@ -32,13 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from glocal.dense.evaluate import SegInference
 from glocal.dense.heads import FCNHead, SemanticFPNHead, UPerHead
 from glocal.dense.necks import FPN, LayerNorm2d, SimpleFeaturePyramid
-from glocal.factory import create_model
+from glocal.factory import _as_tuples, _saved_preprocessing, create_model
 from glocal.layers.block import TransformerBlock
 from glocal.models._features import FeaturePyramid
 from glocal.models.resnet import Bottleneck, ResNet
 from glocal.models.twins import Twins
+from glocal.weights import Checkpoint, CheckpointMismatchError, open_checkpoint, resolve_model_name
 
 __all__ = [
     "HEADS",
@@ -90,7 +98,12 @@ class PyramidBackbone(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """(B, 3, H, W) -> logits (B, num_classes, H, W) for any H, W; ``forward_train`` adds the auxiliary logits."""
+    """(B, 3, H, W) -> logits (B, num_classes, H, W) for any H, W; ``forward_train`` adds the auxiliary logits.
+
+    What its checkpoint records beside the weights: ``inference`` (how it is evaluated), ``reduce_zero_label`` (the
+    label convention it was trained on) and ``palette`` (its classes' colours, when the dataset had them)."""
+
+    task = "segment"
 
     def __init__(self, pyramid: PyramidBackbone, head: str, num_classes: int, head_channels: int | None = None) -> None:
         super().__init__()
@@ -98,7 +111,11 @@ class Segmenter(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.pyramid = pyramid
         self.head_name = head
+        self.head_channels = head_channels
         self.num_classes = num_classes
+        self.inference = SegInference()
+        self.reduce_zero_label = False
+        self.palette: tuple[tuple[int, int, int], ...] | None = None
         self.aux_head = None
         if head == "semantic_fpn":
             self.neck = nn.Identity() if pyramid.plain else FPN(pyramid.channels, 256)
@@ -113,6 +130,35 @@ class Segmenter(nn.Module):
     @property
     def data_config(self):
         return self.pyramid.backbone.data_config
+
+    @data_config.setter
+    def data_config(self, value) -> None:
+        self.pyramid.backbone.data_config = value
+
+    @property
+    def model_name(self) -> str | None:
+        """The backbone's registered name."""
+        return getattr(self.pyramid.backbone, "model_name", None)
+
+    @property
+    def cfg(self):
+        """The backbone's family config (what rebuilds it)."""
+        return self.pyramid.backbone.cfg
+
+    @property
+    def in_chans(self) -> int:
+        return self.pyramid.backbone.in_chans
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """The ``config.json`` entries a segmenter adds to a backbone's (:func:`glocal.save_checkpoint`)."""
+        segment = {
+            "head": self.head_name,
+            "head_channels": self.head_channels,
+            "reduce_zero_label": self.reduce_zero_label,
+            "palette": [list(c) for c in self.palette] if self.palette is not None else None,
+            **dataclasses.asdict(self.inference),
+        }
+        return {"task": self.task, "segment": segment}
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -160,12 +206,17 @@ class Segmenter(nn.Module):
         return {f"pyramid.body.backbone.{n}" for n in self.pyramid.backbone.no_weight_decay()}
 
 
-def load_segmenter_weights(segmenter: Segmenter, path: str | os.PathLike, *, ema: bool = False) -> None:
-    """Load a segmenter's weights from a training state (``last.pt``; ``ema`` picks ``model_ema``) or a state-dict
-    file, read by :func:`glocal.weights.open_checkpoint` (tensors only, nothing unpickled)."""
-    from glocal.weights import open_checkpoint
-
-    segmenter.load_state_dict(open_checkpoint(path, ema=ema).tensors)
+def load_segmenter_weights(segmenter: Segmenter, path: str | os.PathLike | Checkpoint, *, ema: bool = False) -> None:
+    """Load a segmenter's weights from a model folder, a training state (``last.pt``; ``ema`` picks ``model_ema``)
+    or a state-dict file, read by :func:`glocal.weights.open_checkpoint` (tensors only, nothing unpickled)."""
+    ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path, ema=ema)
+    try:
+        segmenter.load_state_dict(ckpt.tensors)
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"{ckpt.path} does not hold this segmenter's weights ({segmenter.model_name} + {segmenter.head_name}, "
+            f"{segmenter.num_classes} classes): {str(err).splitlines()[0]}"
+        ) from err
 
 
 def _checkpointed_forward(self: nn.Module, *args):
@@ -205,35 +256,76 @@ def _freeze(segmenter: Segmenter, frozen_stages: int, frozen_bn: bool) -> None:
 
 
 def create_segmenter(
-    name: str,
+    name: str | None = None,
     *,
-    head: str = "upernet",
-    num_classes: int = 150,
+    head: str | None = None,
+    num_classes: int | None = None,
     pretrained: str | os.PathLike | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Checkpoint | None = None,
+    ema: bool = False,
     frozen_stages: int = -1,
     frozen_bn: bool = False,
     grad_checkpointing: bool = False,
     head_channels: int | None = None,
     **backbone_kwargs: Any,
 ) -> Segmenter:
-    """A semantic segmenter on registered backbone ``name``.
+    """A semantic segmenter on registered backbone ``name`` (default head ``"upernet"``, 150 classes: ADE20K).
 
     ``pretrained``: backbone weights (any checkpoint ``glocal.load_checkpoint`` reads; the classifier is dropped).
-    ``checkpoint``: a whole segmenter's weights (``glocal train --task segment``'s ``last.pt`` or a state dict file
-    of this segmenter). ``head_channels`` replaces the heads' widths (mmseg's 128 for Semantic FPN, 512 and 256 for
-    UPerNet and its auxiliary head; smaller for quick experiments). ``backbone_kwargs`` go to ``create_model``
-    (``drop_path_rate=0.2``, ``depths=...``).
+    ``checkpoint``: a whole segmenter. A model folder or ``last.pt`` of ``glocal train --task segment`` rebuilds it
+    from the checkpoint alone (backbone and its config, head, classes, preprocessing, inference settings); ``name``,
+    ``head``, ``num_classes`` and ``head_channels`` may be left out and must not contradict it; ``ema`` takes a
+    training state's EMA weights. A plain state-dict file of a segmenter needs them all. ``head_channels`` replaces
+    the heads' widths (mmseg's 128 for Semantic FPN, 512 and 256 for UPerNet and its auxiliary head; smaller for
+    quick experiments). ``backbone_kwargs`` go to ``create_model`` (``drop_path_rate=0.2``, ``depths=...``).
     """
-    backbone = create_model(name, num_classes=0, checkpoint=pretrained, **backbone_kwargs)
-    segmenter = Segmenter(PyramidBackbone(backbone), head, num_classes, head_channels)
+    ckpt = None
     if checkpoint is not None:
-        load_segmenter_weights(segmenter, checkpoint)
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, ema=ema)
+        if ckpt.task == "classify" and ckpt.layout == "glocal":
+            raise ValueError(
+                f"{ckpt.path} is a classifier's checkpoint, not a segmenter's; pass it as pretrained= (backbone "
+                f"weights) or use glocal.create_model"
+            )
+    saved = ckpt.segment if ckpt is not None and ckpt.segment is not None else {}
+    if saved:
+        name = resolve_model_name(name, ckpt)
+        head = _agree("head", head, saved["head"], ckpt)
+        num_classes = _agree("num_classes", num_classes, ckpt.num_classes, ckpt)
+        head_channels = _agree("head_channels", head_channels, saved.get("head_channels"), ckpt)
+        backbone_kwargs = {**{k: _as_tuples(v) for k, v in ckpt.config.items()}, **backbone_kwargs}
+    elif name is None:
+        raise ValueError("create_segmenter needs a backbone name (see glocal.list_models()) or a segmenter checkpoint")
+    backbone = create_model(name, num_classes=0, checkpoint=pretrained, **backbone_kwargs)
+    segmenter = Segmenter(PyramidBackbone(backbone), head or "upernet", 150 if num_classes is None else num_classes,
+                          head_channels)  # fmt: skip
+    if saved:
+        segmenter.data_config = _saved_preprocessing(segmenter.data_config, ckpt.data_config or {})
+        if ckpt.input_size is not None:  # the crop it was trained on
+            segmenter.data_config = dataclasses.replace(
+                segmenter.data_config, input_size=(segmenter.in_chans, *ckpt.input_size)
+            )
+        segmenter.inference = SegInference(
+            **{f.name: _as_tuples(saved[f.name]) for f in dataclasses.fields(SegInference)}
+        )
+        segmenter.reduce_zero_label = saved["reduce_zero_label"]
+        segmenter.palette = _as_tuples(saved.get("palette"))
+    if ckpt is not None:
+        load_segmenter_weights(segmenter, ckpt)
     _freeze(segmenter, frozen_stages, frozen_bn)
     if grad_checkpointing:
         enable_grad_checkpointing(segmenter.pyramid)
-    segmenter.model_name = name
     return segmenter
+
+
+def _agree(what: str, given: Any, saved: Any, ckpt: Checkpoint) -> Any:
+    """The checkpoint's ``what`` unless ``given`` contradicts it (then a ValueError saying so)."""
+    if given is not None and given != saved:
+        raise ValueError(
+            f"{what}={given!r} contradicts the checkpoint {ckpt.path}, which holds a segmenter with {what} {saved!r}; "
+            f"leave it out (the checkpoint knows it)"
+        )
+    return saved
 
 
 def _block_order(segmenter: Segmenter) -> tuple[dict[str, int], int]:

@@ -20,10 +20,12 @@ __all__ = [
     "all_reduce_sum",
     "available_cpus",
     "barrier",
+    "broadcast_buffers",
     "broadcast_object",
     "cleanup",
     "cpus_per_process",
     "setup",
+    "shard",
 ]
 
 
@@ -76,6 +78,22 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def shard(count: int, info: DistInfo | None) -> list[int]:
+    """This rank's strided share of ``range(count)`` for evaluation (every item on exactly one rank; the metrics'
+    sums are then reduced with :func:`all_reduce_sum`)."""
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    return list(range(rank, count, world))
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, in place. DDP broadcasts them before each
+    forward, but every rank's last training forward then updates its own: without this, the ranks would evaluate
+    different statistics and the saved model (rank 0's) would not be the one evaluated."""
+    if info.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:

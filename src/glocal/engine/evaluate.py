@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from glocal.data.transforms import normalize
-from glocal.engine.distributed import DistInfo, all_reduce_sum
+from glocal.engine.distributed import DistInfo, all_reduce_sum, shard
 
 __all__ = ["EvalResult", "autocast", "evaluate", "save_confusion_png", "save_curves_png"]
 
@@ -58,9 +58,8 @@ def evaluate(
     The dataset's images are the eval view already, uint8 at ``img_size`` (open it with
     ``transform=create_transform(model.data_config, normalize=False)``); they are normalised with ``mean``/``std``.
     """
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     num_classes = len(dataset.classes)
-    indices = list(range(rank, len(dataset), world))
+    indices = shard(len(dataset), info)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
     was_training = model.training
@@ -135,23 +134,23 @@ def save_confusion_png(result: EvalResult, path: str | Path, title: str = "") ->
     return path
 
 
-def save_curves_png(records: list[dict], path: str | Path, title: str = "") -> Path:
-    """Loss and top-1 per epoch (training, validation, and the EMA's validation when kept) from ``log.jsonl``
-    records, side by side in one PNG."""
+def save_curves_png(records: list[dict], path: str | Path, title: str = "", metric: str = "top1") -> Path:
+    """Loss and ``metric`` (top-1; mIoU for segmentation) per epoch (training, validation, and the EMA's validation
+    when kept) from ``log.jsonl`` records, side by side in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     epochs = [r["epoch"] for r in records]
-    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in ((loss_ax, "loss"), (top1_ax, "top1")):
-        for key, label in ((f"train_{metric}", "train"), (f"val_{metric}", "val"), (f"ema_val_{metric}", "val, EMA")):
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, name in ((loss_ax, "loss"), (metric_ax, metric)):
+        for key, label in ((f"train_{name}", "train"), (f"val_{name}", "val"), (f"ema_val_{name}", "val, EMA")):
             values = [r.get(key) for r in records]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("top-1 %" if metric == "top1" else "loss")
+        ax.set_ylabel("loss" if name == "loss" else {"top1": "top-1"}.get(name, name) + " %")
         ax.grid(alpha=0.3)
         ax.legend()
     loss_ax.set_yscale("log")

@@ -30,9 +30,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """SGD with momentum (ResNet, BoTNet) or AdamW (the transformers) over :func:`param_groups`."""
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum (ResNet, BoTNet) or AdamW (the transformers) over ``groups`` (default:
+    :func:`param_groups`; segmenters pass their layer-wise decayed groups)."""
+    groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))

@@ -1,20 +1,24 @@
 """Semantic-segmentation training and evaluation: ``train_segment(SegmentConfig)``, ``evaluate_segment(...)``.
 
-The classification engine's pieces are reused as they are: the run folder, ``last.pt`` training states written
-atomically with RNG states (exact ``--resume``), EMA, the optimisers with their weight-decay exclusions, warmup and
-schedules (``poly`` for mmseg's recipes), data parallelism under ``torchrun`` (the global batch split into
-contiguous rank slices; BatchNorm becomes SyncBatchNorm on CUDA, as mmseg's SyncBN). A sample's augmentation is
-drawn from a generator seeded by ``(seed, epoch, index)``, so a run is a function of its config.
+Training is the classification engine's loop (:func:`glocal.engine.trainer.run`) with a segmentation
+:class:`~glocal.engine.trainer.Task`: the same run folder (``last.pt``, ``model/``, ``best/`` kept by validation
+mIoU, ``log.jsonl``, ``curves.png``, ``config.yaml``), training states written atomically with RNG states and CPU
+routes (exact ``--resume``), EMA (live and EMA weights both evaluated, the better kept), the optimisers with their
+weight-decay exclusions (here per layer-decay group), warmup and schedules (``poly`` for mmseg's recipes), and data
+parallelism under ``torchrun`` (the global batch split into contiguous rank slices; BatchNorm becomes SyncBatchNorm
+on CUDA, as mmseg's SyncBN; the validation set sharded over the ranks and the confusion matrices summed). A
+sample's augmentation is drawn from a generator seeded by ``(seed, epoch, index)``, so a run is a function of its
+config.
 
 Evaluation runs one image at a time at its own size (optionally resized to ``test_scale`` with its aspect kept,
 mmseg's ``Resize(scale=(2048, 512), keep_ratio=True)``), whole-image or sliding-window, and scores the prediction
-resized back to the label map's size.
+resized back to the label map's size. The settings travel with the segmenter (``Segmenter.inference``) into its
+checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,35 +28,47 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from glocal.data.segmentation import IGNORE_INDEX, SegAugment, SegmentationDataset
 from glocal.data.transforms import normalize
-from glocal.dense.evaluate import SegMetrics, confusion_matrix, metrics_from_confusion, save_overlay, slide_inference
-from glocal.dense.segmenter import Segmenter, create_segmenter, layer_decay_groups
-from glocal.engine import distributed
-from glocal.engine.checkpoint import atomic_save, capture_rng, load_train_state, restore_rng
-from glocal.engine.config import TrainConfig
-from glocal.engine.ema import ModelEma
-from glocal.engine.evaluate import autocast
-from glocal.engine.optim import build_scheduler
-from glocal.engine.trainer import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    LOG_NAME,
-    Callback,
-    _amp_dtype,
-    _rank_slice,
-    _resolve_output,
-    _seed,
-    _truncate_log,
-    process_settings,
+from glocal.dense.evaluate import (
+    SegInference,
+    SegMetrics,
+    confusion_matrix,
+    metrics_from_confusion,
+    save_overlay,
+    slide_inference,
 )
-from glocal.weights import STATE_FORMAT
+from glocal.dense.segmenter import Segmenter, create_segmenter, layer_decay_groups, load_segmenter_weights
+from glocal.engine import distributed
+from glocal.engine.config import TrainConfig
+from glocal.engine.evaluate import autocast
+from glocal.engine.trainer import (
+    Callback,
+    Task,
+    TrainResult,
+    _resolve_output,
+    _Run,
+    _seed,
+    assemble,
+    check_batch,
+    end_epoch,
+    epoch_batches,
+    optimiser_step,
+    run,
+    step_seed,
+)
+from glocal.weights import Checkpoint, open_checkpoint, resolve_model_name
 
-__all__ = ["SegmentConfig", "SegmentResult", "build_segmenter", "evaluate_segment", "train_segment"]
+__all__ = [
+    "SegmentConfig",
+    "build_segmenter",
+    "evaluate_segment",
+    "evaluate_segment_checkpoint",
+    "predict_logits",
+    "train_segment",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +79,9 @@ class SegmentConfig(TrainConfig):
     ADE20K ones (``configs/_base_/datasets/ade20k.py``)."""
 
     task: str = "segment"
-    head: str = "upernet"  # 'upernet' | 'semantic_fpn'
+    # 'upernet' | 'semantic_fpn'; None: the --checkpoint segmenter's, else 'upernet'.
+    head: str | None = None
+    head_channels: int | None = None  # None: the --checkpoint segmenter's, else mmseg's widths (create_segmenter)
     reduce_zero_label: bool = False
     scale: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -89,19 +107,16 @@ class SegmentConfig(TrainConfig):
         super().validate()
         if self.data is None:
             raise ValueError("--task segment needs --data DIR (ADE20K or VOC layout, with classes.txt)")
-        if self.eval_mode not in ("whole", "slide"):
-            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}")
+        self.inference()
 
-
-@dataclass
-class SegmentResult:
-    output_dir: Path
-    checkpoint: Path
-    log: Path
-    config: Path
-    steps: int
-    seconds: float
-    val: SegMetrics | None
+    def inference(self) -> SegInference:
+        """The evaluation settings, which the trained segmenter keeps."""
+        return SegInference(
+            test_scale=tuple(self.test_scale) if self.test_scale is not None else None,
+            eval_mode=self.eval_mode,
+            crop_size=tuple(self.crop_size),
+            slide_stride=tuple(self.slide_stride),
+        )
 
 
 def build_segmenter(cfg: SegmentConfig, num_classes: int) -> Segmenter:
@@ -109,6 +124,7 @@ def build_segmenter(cfg: SegmentConfig, num_classes: int) -> Segmenter:
         cfg.model,
         head=cfg.head,
         num_classes=num_classes,
+        head_channels=cfg.head_channels,
         pretrained=cfg.pretrained,
         frozen_stages=cfg.frozen_stages,
         frozen_bn=cfg.frozen_bn,
@@ -122,6 +138,10 @@ class _Augmented(torch.utils.data.Dataset):
 
     def __init__(self, dataset: SegmentationDataset, augment: SegAugment, seed: int) -> None:
         self.dataset, self.augment, self.seed, self.epoch = dataset, augment, seed, 0
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -142,181 +162,140 @@ class _TrainForward(nn.Module):
         return self.segmenter.forward_train(x)
 
 
-def _optimizer(model: Segmenter, cfg: SegmentConfig) -> torch.optim.Optimizer:
-    groups = layer_decay_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+def train_segment(cfg: SegmentConfig, callback: Callback | None = None) -> TrainResult:
+    """Train a segmenter as ``cfg`` says (or fine-tune, or resume it) in the classification engine's loop; returns
+    where the files are (``model/`` and ``best/`` chosen by validation mIoU) and the metrics."""
+    return run(cfg, _set_up, callback)
 
 
-def train_segment(cfg: SegmentConfig, callback: Callback | None = None) -> SegmentResult:
-    """Train a segmenter as ``cfg`` says (or resume it); evaluates after every epoch."""
-    cfg.validate()
-    with process_settings(cfg) as (cfg, info):
-        return _train(cfg, callback or Callback(), info)
-
-
-def _train(cfg: SegmentConfig, callback: Callback, info: distributed.DistInfo) -> SegmentResult:
-    start_time = time.perf_counter()
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} (global) must divide among {info.world_size} processes")
-    local_batch, device = cfg.batch_size // info.world_size, info.device
-    amp_dtype = _amp_dtype(cfg.amp, device)
-    train_set = SegmentationDataset(cfg.data, "train", reduce_zero_label=cfg.reduce_zero_label)
+def _set_up(cfg: SegmentConfig, info: distributed.DistInfo) -> _Run:
+    """Open the pairs, build the segmenter (fine-tuning: its weights from ``cfg.checkpoint``), then assemble the run
+    as classification does."""
+    source = None
+    if cfg.checkpoint is not None and not cfg.resume:
+        source = open_checkpoint(cfg.checkpoint)
+        cfg = dataclasses.replace(cfg, model=resolve_model_name(cfg.model, source))
+        if source.segment is not None:  # fine-tuning a segmenter: its architecture unless the flags say otherwise
+            cfg = dataclasses.replace(
+                cfg,
+                head=cfg.head or source.segment["head"],
+                head_channels=cfg.head_channels or source.segment["head_channels"],
+                model_kwargs={**source.config, **cfg.model_kwargs},
+            )
+    train_pairs = SegmentationDataset(cfg.data, "train", reduce_zero_label=cfg.reduce_zero_label)
     val_set = SegmentationDataset(cfg.data, "val", reduce_zero_label=cfg.reduce_zero_label)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
+    check_batch(cfg, info, len(train_pairs))
     out = _resolve_output(cfg, info)
     torch.manual_seed(cfg.seed)
-    model = build_segmenter(cfg, len(train_set.classes))
-    if cfg.checkpoint is not None and not cfg.resume:
-        from glocal.dense.segmenter import load_segmenter_weights
-
-        load_segmenter_weights(model, cfg.checkpoint)
-    if info.distributed and device.type == "cuda":
+    model = build_segmenter(cfg, len(train_pairs.classes))
+    if source is not None:
+        load_segmenter_weights(model, source)
+    # What the saved folders tell `glocal eval --task segment` and create_segmenter(checkpoint=...).
+    model.data_config = dataclasses.replace(model.data_config, input_size=(model.in_chans, *cfg.crop_size))
+    model.inference = cfg.inference()
+    model.reduce_zero_label = cfg.reduce_zero_label
+    model.palette = train_pairs.palette
+    if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
-    lr, min_lr = cfg.scaled_lr()
-    scaled = dataclasses.replace(cfg, lr=lr, min_lr=min_lr, lr_base_size=None)
-    optimizer = _optimizer(model, scaled)
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, scaled, steps_per_epoch, total_steps)
-    start_epoch, start_step, global_step = 0, 0, 0
-    state_path = out / CHECKPOINT_NAME
-    if cfg.resume:
-        state = load_train_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["model_ema"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        restore_rng(state["rng"])
-    log_path, config_path = out / LOG_NAME, out / CONFIG_NAME
-    if info.is_main:
-        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        _truncate_log(log_path, start_epoch)
-    net = _TrainForward(model)
-    net = DistributedDataParallel(net) if info.distributed else net
     augment = SegAugment(cfg.scale, cfg.ratio_range, cfg.crop_size, cfg.cat_max_ratio, cfg.hflip, cfg.photometric)
-    augmented = _Augmented(train_set, augment, cfg.seed)
+    return assemble(
+        SEGMENT, cfg, info, out, model,
+        train_set=_Augmented(train_pairs, augment, cfg.seed), val_set=val_set,
+        img_size=tuple(cfg.crop_size),
+        param_groups=lambda m, lr, wd: layer_decay_groups(m, lr, wd, cfg.layer_decay), forward=_TrainForward(model),
+    )  # fmt: skip
+
+
+def _train_epoch(run: _Run, callback: Callback) -> tuple[dict[str, float], float, float]:
+    """One epoch over the augmented pairs; returns the mean loss and the pixel accuracy (labelled pixels) over every
+    rank, the image count and the seconds it took."""
+    run.train_set.epoch = run.epoch
+    loader, first, last = epoch_batches(run, callback)
+    device, model = run.info.device, run.model
     mean, std = model.data_config.mean, model.data_config.std
-    val = None
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps is not None and global_step >= cfg.max_steps:
-            break
-        augmented.epoch = epoch
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(_seed(cfg.seed, 0, epoch)))
-        first = start_step if epoch == start_epoch else 0
-        last = steps_per_epoch if cfg.max_steps is None else min(steps_per_epoch, first + cfg.max_steps - global_step)
-        batches = [order[_rank_slice(s * cfg.batch_size, local_batch, info)].tolist() for s in range(first, last)]
-        loader = torch.utils.data.DataLoader(augmented, batch_sampler=batches, num_workers=cfg.workers)
-        callback.on_epoch_start(epoch + 1, cfg.epochs, steps_per_epoch, first)
-        net.train()
-        sums = torch.zeros(2, dtype=torch.float64)
-        epoch_start = time.perf_counter()
-        for step, (images, labels) in enumerate(loader, start=first):
-            step_start = time.perf_counter()
-            x = normalize(images.to(device), mean, std)
-            torch.manual_seed(_seed(cfg.seed, 2, epoch, step, info.rank))
-            with autocast(device, amp_dtype):
-                logits = net(x)
-            loss = model.loss(logits, labels.to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            global_step += 1
-            sums += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64)
-            callback.on_step(
-                {
-                    "loss": float(sums[0] / sums[1]),
-                    "top1": 0.0,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": len(images) * info.world_size / (time.perf_counter() - step_start),
-                }
-            )
-        seconds = time.perf_counter() - epoch_start
-        sums = distributed.all_reduce_sum(sums.to(device), info).cpu()
-        evaluated = ema.module if ema is not None else model
-        val = evaluate_segment(evaluated, val_set, cfg, device=device, amp_dtype=amp_dtype, info=info)
-        record = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": float(sums[0] / max(sums[1], 1)),
-            **{f"val_{k}": v for k, v in val.summary().items()},
-            "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0,
-            "seconds": seconds,
-        }
-        if info.is_main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            completed = last == steps_per_epoch
-            atomic_save(
-                {
-                    "format": STATE_FORMAT,
-                    "task": "segment",
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": {},
-                    "model_ema": ema.module.state_dict() if ema is not None else None,
-                    "epoch": epoch + 1 if completed else epoch,
-                    "step_in_epoch": 0 if completed else last,
-                    "global_step": global_step,
-                    "rng": capture_rng(),
-                    "config": json.dumps(cfg.to_dict()),
-                    "classes": list(train_set.classes),
-                },
-                state_path,
-            )
-        distributed.barrier(info)
-        callback.on_epoch_end(record)
-    return SegmentResult(out, state_path, log_path, config_path, global_step, time.perf_counter() - start_time, val)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss * n, n, correct pixels, labelled pixels
+    epoch_start = time.perf_counter()
+    for step, (images, labels) in enumerate(loader, start=first):
+        step_start = time.perf_counter()
+        x, labels = normalize(images.to(device), mean, std), labels.to(device)
+        step_seed(run, step)
+        with autocast(device, run.amp_dtype):
+            logits = run.net(x)
+        loss = model.loss(logits, labels)
+        optimiser_step(run, loss, step)
+        labelled = labels != IGNORE_INDEX
+        correct = ((logits["out"].detach().argmax(1) == labels) & labelled).sum().item()
+        sums += torch.tensor([loss.item() * len(images), len(images), correct, labelled.sum().item()])
+        callback.on_step(
+            {
+                "loss": float(sums[0] / sums[1]),
+                "top1": float(sums[2] / sums[3].clamp(min=1) * 100),
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "images_per_s": len(images) * run.info.world_size / (time.perf_counter() - step_start),
+            }
+        )
+    seconds = time.perf_counter() - epoch_start
+    sums = end_epoch(run, sums, last)
+    metrics = {"loss": float(sums[0] / sums[1].clamp(min=1)), "aAcc": float(sums[2] / sums[3].clamp(min=1) * 100)}
+    return metrics, float(sums[1]), seconds
+
+
+def _evaluate(run: _Run, model: Segmenter) -> SegMetrics:
+    return evaluate_segment(model, run.val_set, device=run.info.device, amp_dtype=run.amp_dtype, info=run.info)
+
+
+SEGMENT = Task("segment", "mIoU", _train_epoch, _evaluate)
 
 
 @torch.no_grad()
-def predict_logits(model: Segmenter, image: torch.Tensor, cfg: SegmentConfig, device, amp_dtype=None):
-    """uint8 (3, H, W) -> float logits (K, H, W) as ``cfg`` says (test scale, whole or sliding)."""
+def predict_logits(
+    model: Segmenter, image: torch.Tensor, inference: SegInference | None = None, *, device, amp_dtype=None
+) -> torch.Tensor:
+    """uint8 (3, H, W) -> float logits (K, H, W) as ``inference`` (default: the model's own) says: test scale,
+    whole or sliding."""
+    inference = inference or model.inference
     H, W = image.shape[-2:]
     x = image[None].float()
-    if cfg.test_scale is not None:
-        factor = min(max(cfg.test_scale) / max(H, W), min(cfg.test_scale) / min(H, W))
+    if inference.test_scale is not None:
+        factor = min(max(inference.test_scale) / max(H, W), min(inference.test_scale) / min(H, W))
         size = (max(1, round(H * factor)), max(1, round(W * factor)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     x = normalize(x, model.data_config.mean, model.data_config.std).to(device)
     with autocast(device, amp_dtype):
-        if cfg.eval_mode == "slide":
-            logits = slide_inference(model, x, tuple(cfg.crop_size), tuple(cfg.slide_stride))
+        if inference.eval_mode == "slide":
+            logits = slide_inference(model, x, tuple(inference.crop_size), tuple(inference.slide_stride))
         else:
             logits = model(x)
     return F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)[0]
 
 
 @torch.no_grad()
-def evaluate_segment(model, dataset, cfg, *, device, amp_dtype=None, info=None, overlay_dir=None) -> SegMetrics:
-    """mIoU/mAcc/aAcc over ``dataset`` (ranks take strided shards; the confusion matrices are summed). With
-    ``overlay_dir``, the first ``cfg.overlays`` predictions are written there as colour overlays."""
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+def evaluate_segment(
+    model: Segmenter,
+    dataset: SegmentationDataset,
+    inference: SegInference | None = None,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    info: distributed.DistInfo | None = None,
+    overlay_dir: str | Path | None = None,
+    overlays: int = 4,
+) -> SegMetrics:
+    """mIoU/mAcc/aAcc over ``dataset`` with ``inference`` (default: the model's own settings). Data parallel, each
+    rank takes a strided shard (:func:`glocal.engine.distributed.shard`, as classification's evaluation) and the
+    confusion matrices are summed, so the metrics are the whole set's. With ``overlay_dir``, the first ``overlays``
+    predictions are written there as colour overlays (in the model's palette, when it has one)."""
     k = len(dataset.classes)
     confusion = torch.zeros(k, k, dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
-    for i in range(rank, len(dataset), world):
+    for i in distributed.shard(len(dataset), info):
         image, label = dataset[i]
-        pred = predict_logits(model, image, cfg, device, amp_dtype).argmax(0).cpu()
+        pred = predict_logits(model, image, inference, device=device, amp_dtype=amp_dtype).argmax(0).cpu()
         confusion += confusion_matrix(pred, label, k, IGNORE_INDEX).to(device)
-        if overlay_dir is not None and i < cfg.overlays:
-            save_overlay(image, pred, Path(overlay_dir) / f"{dataset.pairs[i][0].stem}_overlay.png")
+        if overlay_dir is not None and i < overlays:
+            path = Path(overlay_dir) / f"{dataset.pairs[i][0].stem}_overlay.png"
+            save_overlay(image, pred, path, colours=model.palette)
     model.train(was_training)
     if info is not None:
         distributed.all_reduce_sum(confusion, info)
@@ -324,26 +303,25 @@ def evaluate_segment(model, dataset, cfg, *, device, amp_dtype=None, info=None, 
 
 
 def evaluate_segment_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     data: str | Path,
     *,
     split: str = "val",
+    model: str | None = None,
+    head: str | None = None,
     eval_mode: str | None = None,
     ema: bool = False,
     overlay_dir: str | Path | None = None,
-) -> tuple[SegmentConfig, SegMetrics]:
-    """Rebuild the segmenter of a ``glocal train --task segment`` run from its ``last.pt`` and evaluate it."""
-    from glocal.dense.segmenter import load_segmenter_weights
-
-    state = load_train_state(checkpoint)
-    if state.get("task") != "segment":
-        raise ValueError(f"{str(checkpoint)!r} is not a segmentation run's training state (--task segment)")
-    values = json.loads(state["config"])
-    values["pretrained"] = None  # the weights come from the checkpoint
-    cfg = SegmentConfig.from_dict(values | ({"eval_mode": eval_mode} if eval_mode else {}))
-    dataset = SegmentationDataset(data, split, reduce_zero_label=cfg.reduce_zero_label)
-    if tuple(dataset.classes) != tuple(state["classes"]):
-        raise ValueError(f"{str(data)!r} lists classes {dataset.classes}, the run was trained on {state['classes']}")
-    model = build_segmenter(cfg, len(dataset.classes))
-    load_segmenter_weights(model, checkpoint, ema=ema)
-    return cfg, evaluate_segment(model, dataset, cfg, device=torch.device("cpu"), overlay_dir=overlay_dir)
+) -> tuple[Segmenter, SegMetrics]:
+    """Rebuild the segmenter of ``checkpoint`` (a model folder or ``last.pt`` of ``glocal train --task segment``:
+    from it alone; a plain state-dict file: with ``model`` and ``head``) and evaluate it on ``split`` of ``data``
+    with its own inference settings (``eval_mode`` overrides whole or slide)."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, ema=ema)
+    saved = ckpt.segment or {}
+    dataset = SegmentationDataset(data, split, reduce_zero_label=saved.get("reduce_zero_label", False))
+    if ckpt.classes is not None and tuple(dataset.classes) != tuple(ckpt.classes):
+        raise ValueError(f"{str(data)!r} lists classes {dataset.classes}, the segmenter was trained on {ckpt.classes}")
+    segmenter = create_segmenter(model, head=head, num_classes=None if saved else len(dataset.classes), checkpoint=ckpt)
+    inference = dataclasses.replace(segmenter.inference, eval_mode=eval_mode) if eval_mode else None
+    metrics = evaluate_segment(segmenter, dataset, inference, device=torch.device("cpu"), overlay_dir=overlay_dir)
+    return segmenter, metrics

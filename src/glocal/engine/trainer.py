@@ -9,7 +9,13 @@ is a function of its config, and resuming from a checkpoint (written at the end 
 
 Data parallel: the global batch is split into equal contiguous slices, one per rank, of the same permutation and
 the same augmentation draw, and DDP averages the gradients; with BatchNorm each rank normalises over its own slice
-(as every DDP recipe does), otherwise the step equals the single-process step on the global batch.
+(as every DDP recipe does), otherwise the step equals the single-process step on the global batch. Evaluation
+shards the validation set across the ranks and sums the confusion matrices, so the metrics are the whole set's.
+
+One loop serves every task (:func:`run`): a task brings a set-up (model and data, then the shared :func:`assemble`)
+and a :class:`Task`: its training epoch, its evaluation and the score ``best/`` and ``model/`` are chosen by
+(classification: top-1; ``glocal.engine.segment``: mIoU); run folders, ``last.pt``, resume, EMA, divergence checks,
+logs, curves and the final report are shared.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +55,7 @@ from glocal.registry import get_entry
 from glocal.weights import STATE_FORMAT, Checkpoint, checkpoint_config, open_checkpoint, save_checkpoint
 from glocal.weights.io import write_bytes_atomic
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["Task", "TrainResult", "TrainingDiverged", "run", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +76,9 @@ class TrainResult:
     """Where a run left its files and how it ended.
 
     ``val`` is the evaluation of the weights saved in ``weights`` (``saved_weights``: ``"live"`` or ``"EMA"``, the
-    better of the two by validation top-1); ``live_val`` and ``ema_val`` are both final evaluations (``ema_val``
-    None without EMA). ``best`` is the folder of the best epoch by validation top-1.
+    better of the two by the task's validation score, top-1 or mIoU); ``live_val`` and ``ema_val`` are both final
+    evaluations (``ema_val`` None without EMA): :class:`~glocal.engine.evaluate.EvalResult` or, for segmentation,
+    :class:`~glocal.dense.evaluate.SegMetrics`. ``best`` is the folder of the best epoch by that score.
     """
 
     output_dir: Path
@@ -84,18 +92,36 @@ class TrainResult:
     epochs: int
     steps: int
     seconds: float
-    val: EvalResult | None
-    live_val: EvalResult | None
-    ema_val: EvalResult | None
+    val: Any
+    live_val: Any
+    ema_val: Any
     saved_weights: str
     lr: float
     skipped_files: list[str]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task brings to the shared loop.
+
+    ``train_epoch(run, callback)`` runs the epoch's remaining steps through :func:`epoch_batches`,
+    :func:`optimiser_step` and :func:`end_epoch` and returns the epoch's training metrics over every rank
+    (``{"loss": ..., "top1": ...}``, logged as ``train_<name>``), the number of images and the seconds it took;
+    ``evaluate(run, model)`` returns a result with ``summary()``, whose ``score`` entry chooses ``best/`` and the
+    live or EMA weights of ``model/``.
+    """
+
+    name: str
+    score: str
+    train_epoch: Callable[[_Run, Callback], tuple[dict[str, float], float, float]]
+    evaluate: Callable[[_Run, nn.Module], Any]
 
 
 @dataclass
 class _Run:
     """A run once set up: its config, model, optimisation state, data, files and position."""
 
+    task: Task
     cfg: TrainConfig
     info: distributed.DistInfo
     out: Path
@@ -105,8 +131,9 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    train_set: ImageDataset
-    val_set: ImageDataset
+    # What the training loader reads (classification: the images; segmentation: the augmented pairs).
+    train_set: Any
+    val_set: Any
     img_size: tuple[int, int]
     amp_dtype: torch.dtype | None
     local_batch: int
@@ -116,10 +143,10 @@ class _Run:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_top1: float = -1.0
+    best_score: float = -math.inf
     # The (epoch, global step) that last.pt holds, once written or resumed from.
     saved_at: tuple[int, int] | None = None
-    last_eval: tuple[EvalResult, EvalResult | None] | None = None
+    last_eval: tuple[Any, Any] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -132,6 +159,9 @@ class _Run:
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.train_set.classes)
+
+    def score(self, result: Any) -> float:
+        return result.summary()[self.task.score]
 
     def eval_args(self) -> dict[str, Any]:
         data_config = self.model.data_config
@@ -192,11 +222,6 @@ def _open_splits(cfg: TrainConfig, view: DataConfig) -> tuple[ImageDataset, Imag
     train_set = open_dataset(cfg.data, "train", load_size, interpolation=view.interpolation)
     eval_view = create_transform(view, normalize=False)
     val_set = open_dataset(cfg.data, "val", classes=train_set.classes, transform=eval_view)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(
-            f"the training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
-            "lower --batch-size"
-        )
     return train_set, val_set
 
 
@@ -219,26 +244,34 @@ def _cpu_settings(cfg: TrainConfig) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
-    """Train (or fine-tune, or resume) ``cfg.model`` as ``cfg`` says; returns where the files are and the metrics.
+    """Train (or fine-tune, or resume) the classifier ``cfg.model`` as ``cfg`` says; returns where the files are
+    and the metrics."""
+    return run(cfg, _set_up, callback)
 
-    The steps: :func:`_set_up` (model, data, optimiser, resume), then per epoch :func:`_train_epoch` and
-    :func:`_evaluate_and_checkpoint`, then :func:`_finish` (final weights, curves). A PNG of the curves is written
-    beside ``log.jsonl`` however the run ends."""
+
+def run(
+    cfg: TrainConfig,
+    set_up: Callable[[TrainConfig, distributed.DistInfo], _Run],
+    callback: Callback | None = None,
+) -> TrainResult:
+    """The loop every task shares: ``set_up`` (model, data, then :func:`assemble`: optimiser, resume), then per
+    epoch the task's ``train_epoch`` and :func:`_evaluate_and_checkpoint`, then :func:`_finish` (final weights). A
+    PNG of the curves is written beside ``log.jsonl`` however the run ends."""
     cfg.validate()
     callback = callback or Callback()
     with process_settings(cfg) as (cfg, info):
-        start, run = time.perf_counter(), None
+        start, state = time.perf_counter(), None
         try:
-            run = _set_up(cfg, info)
-            while run.epoch < cfg.epochs and (cfg.max_steps is None or run.global_step < cfg.max_steps):
-                sums, seconds = _train_epoch(run, callback)
-                callback.on_epoch_end(_evaluate_and_checkpoint(run, sums, seconds))
-            return _finish(run, start)
+            state = set_up(cfg, info)
+            while state.epoch < cfg.epochs and (cfg.max_steps is None or state.global_step < cfg.max_steps):
+                metrics, images, seconds = state.task.train_epoch(state, callback)
+                callback.on_epoch_end(_evaluate_and_checkpoint(state, metrics, images, seconds))
+            return _finish(state, start)
         finally:
-            if run is not None and info.is_main:
-                _write_curves(run)
-                if run.writer is not None:
-                    run.writer.close()
+            if state is not None and info.is_main:
+                _write_curves(state)
+                if state.writer is not None:
+                    state.writer.close()
 
 
 @contextlib.contextmanager
@@ -256,14 +289,24 @@ def process_settings(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, distribute
         distributed.cleanup(info)
 
 
-def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
-    """Resolve the model and sizes, open the data, build the model (fine-tuning: from ``cfg.checkpoint``), the
-    optimiser, schedule and EMA, and restore all of it from ``last.pt`` when resuming."""
+def check_batch(cfg: TrainConfig, info: distributed.DistInfo, train_images: int) -> None:
+    """The global batch must divide among the processes and fit in the training split."""
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} (global) must divide among {info.world_size} processes")
+    if train_images < cfg.batch_size:
+        raise ValueError(
+            f"the training split has {train_images} images, fewer than one batch of {cfg.batch_size}; "
+            "lower --batch-size"
+        )
+
+
+def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
+    """Resolve the model and sizes, open the data, build the model (fine-tuning: from ``cfg.checkpoint``), then
+    :func:`assemble` the run."""
     source: Checkpoint | None = None
     if cfg.checkpoint is not None and not cfg.resume:
         source = open_checkpoint(cfg.checkpoint)
+        source.refuse_segmenter("glocal train without --task segment (classification) and glocal.engine.train")
         if cfg.model is None:
             cfg = dataclasses.replace(cfg, model=source.model_name)
     if cfg.model is None:
@@ -279,6 +322,7 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
     img_size = to_2tuple(size) if size else tuple(probe.data_config.input_size[-2:])
     view = _eval_view(cfg, probe.data_config, img_size)
     train_set, val_set = _open_splits(cfg, view)
+    check_batch(cfg, info, len(train_set))
     out = _resolve_output(cfg, info)
 
     torch.manual_seed(cfg.seed)
@@ -291,6 +335,26 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
         model.data_config, input_size=(model.in_chans, *img_size), crop_pct=view.crop_pct,
         interpolation=view.interpolation,
     )  # fmt: skip
+    return assemble(CLASSIFY, cfg, info, out, model, train_set=train_set, val_set=val_set, img_size=img_size)
+
+
+def assemble(
+    task: Task,
+    cfg: TrainConfig,
+    info: distributed.DistInfo,
+    out: Path,
+    model: nn.Module,
+    *,
+    train_set: Any,
+    val_set: Any,
+    img_size: tuple[int, int],
+    param_groups: Callable[[nn.Module, float, float], list[dict]] | None = None,
+    forward: nn.Module | None = None,
+) -> _Run:
+    """The run around a built ``model``: on the device (CPU backend routes), the optimiser over ``param_groups(model,
+    lr, weight_decay)`` (default: :func:`~glocal.engine.optim.param_groups`) with the learning rate scaled to the
+    global batch, the schedule, EMA, DDP around ``forward`` (default: the model), and everything restored from
+    ``last.pt`` when resuming; rank 0 writes ``config.yaml``."""
     model.to(info.device)
     if info.device.type == "cpu":  # denormal flushing, malloc reuse, routes chosen by measurement
         cpu_backend.use_by_default(model)
@@ -301,16 +365,17 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
             cfg.lr, cfg.lr_base_size, cfg.batch_size, lr, min_lr,
         )  # fmt: skip
     scaled = dataclasses.replace(cfg, lr=lr, min_lr=min_lr, lr_base_size=None)
-    optimizer = build_optimizer(model, scaled)
+    groups = param_groups(model, lr, cfg.weight_decay) if param_groups is not None else None
+    optimizer = build_optimizer(model, scaled, groups)
     steps_per_epoch = len(train_set) // cfg.batch_size  # the last partial batch is dropped
     scheduler = build_scheduler(optimizer, scaled, steps_per_epoch, cfg.epochs * steps_per_epoch)
     amp_dtype = _amp_dtype(cfg.amp, info.device)
-    net = model
+    net = forward if forward is not None else model
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=device_ids)
-    run = _Run(
-        cfg=cfg, info=info, out=out, model=model, net=net,
+        net = DistributedDataParallel(net, device_ids=device_ids)
+    state = _Run(
+        task=task, cfg=cfg, info=info, out=out, model=model, net=net,
         ema=ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None,
         optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
@@ -318,12 +383,12 @@ def _set_up(cfg: TrainConfig, info: distributed.DistInfo) -> _Run:
         local_batch=cfg.batch_size // info.world_size, steps_per_epoch=steps_per_epoch, lr=lr, writer=None,
     )  # fmt: skip
     if cfg.resume:
-        _restore(run, load_train_state(run.state_path))
+        _restore(state, load_train_state(state.state_path))
     if info.is_main:
         write_bytes_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode(), out / CONFIG_NAME)
-        _truncate_log(run.log_path, run.epoch)
-        run.writer = _tensorboard(out)
-    return run
+        _truncate_log(state.log_path, state.epoch)
+        state.writer = _tensorboard(out)
+    return state
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -334,7 +399,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     if run.ema is not None:
         run.ema.module.load_state_dict(state["model_ema"])
     run.epoch, run.step_in_epoch, run.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-    run.best_top1 = state.get("best_top1", -1.0)
+    run.best_score = state.get("best_score", state.get("best_top1", -math.inf))  # best_top1: 0.1.0 states
     run.saved_at = (run.epoch, run.global_step)
     restore_rng(state["rng"])
     cpu_backend.load_route_state(state.get("cpu_routes", {}))  # the interrupted run's routes: same roundings
@@ -354,20 +419,60 @@ def _diverged(run: _Run, what: str) -> TrainingDiverged:
     )
 
 
-def _train_epoch(run: _Run, callback: Callback) -> tuple[torch.Tensor, float]:
-    """One epoch (or its remainder when resuming, or up to ``max_steps``); returns the (loss * n, correct, n) sums
-    over every rank and the seconds it took. Raises :class:`TrainingDiverged` on a non-finite loss."""
-    cfg, info, device, epoch = run.cfg, run.info, run.info.device, run.epoch
+def epoch_batches(run: _Run, callback: Callback) -> tuple[torch.utils.data.DataLoader, int, int]:
+    """The loader of this rank's part of the epoch's remaining batches (its remainder when resuming, up to
+    ``max_steps``), the epoch's order a permutation seeded by ``(seed, epoch)``; returns it with the first and
+    end step, tells ``callback`` the epoch starts and puts the model in training mode."""
+    cfg, info, epoch = run.cfg, run.info, run.epoch
     order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(_seed(cfg.seed, 0, epoch)))
     first, last = run.step_in_epoch, run.steps_per_epoch
     if cfg.max_steps is not None:
         last = min(last, first + cfg.max_steps - run.global_step)
     batches = [order[_rank_slice(s * cfg.batch_size, run.local_batch, info)].tolist() for s in range(first, last)]
     loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, num_workers=cfg.workers)
-    mix_cfg = MixConfig(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
-    num_classes, data_config = len(run.classes), run.model.data_config
     callback.on_epoch_start(epoch + 1, cfg.epochs, run.steps_per_epoch, first)
     run.net.train()
+    return loader, first, last
+
+
+def step_seed(run: _Run, step: int) -> None:
+    """Seed the global torch RNG (dropout, stochastic depth) from ``(seed, epoch, step, rank)``."""
+    torch.manual_seed(_seed(run.cfg.seed, 2, run.epoch, step, run.info.rank))
+
+
+def optimiser_step(run: _Run, loss: torch.Tensor, step: int) -> None:
+    """Backward, clip, step the optimiser, schedule and EMA for training step ``step`` of the epoch; raises
+    :class:`TrainingDiverged` on a non-finite loss."""
+    if not torch.isfinite(loss):
+        raise _diverged(run, f"the training loss is {loss.item()} at epoch {run.epoch + 1}, step {step + 1}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.clip_grad is not None:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model, run.global_step)
+    run.global_step += 1
+
+
+def end_epoch(run: _Run, sums: torch.Tensor, last: int) -> torch.Tensor:
+    """``sums`` summed over the ranks; the position moves to the next epoch, or stays in this one when
+    ``max_steps`` stopped it at ``last``."""
+    sums = distributed.all_reduce_sum(sums.to(run.info.device), run.info).cpu()  # NCCL reduces CUDA tensors only
+    run.epoch, run.step_in_epoch = (run.epoch + 1, 0) if last == run.steps_per_epoch else (run.epoch, last)
+    return sums
+
+
+def _train_epoch(run: _Run, callback: Callback) -> tuple[dict[str, float], float, float]:
+    """One classification epoch: crops, flips and mixing drawn per step from ``(seed, epoch, step)``; returns the
+    mean loss and top-1 over every rank, the image count and the seconds it took."""
+    cfg, info, device, epoch = run.cfg, run.info, run.info.device, run.epoch
+    loader, first, last = epoch_batches(run, callback)
+    mix_cfg = MixConfig(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
+    num_classes, data_config = len(run.classes), run.model.data_config
     sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
     epoch_start = time.perf_counter()
     for step, (images, labels) in enumerate(loader, start=first):
@@ -381,23 +486,11 @@ def _train_epoch(run: _Run, callback: Callback) -> tuple[torch.Tensor, float]:
         x = normalize(x, data_config.mean, data_config.std)
         targets = one_hot(labels, num_classes, cfg.label_smoothing).to(device)
         x, targets = mix_batch(x, targets, mix_cfg, generator)
-        torch.manual_seed(_seed(cfg.seed, 2, epoch, step, info.rank))  # dropout and stochastic depth
+        step_seed(run, step)
         with autocast(device, run.amp_dtype):
             logits = run.net(x)
         loss = _soft_cross_entropy(logits, targets)
-        if not torch.isfinite(loss):
-            raise _diverged(run, f"the training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        if cfg.clip_grad is not None:
-            run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        if run.ema is not None:
-            run.ema.update(run.model, run.global_step)
-        run.global_step += 1
+        optimiser_step(run, loss, step)
         n = len(labels)
         sums += torch.tensor([loss.item() * n, (logits.argmax(1).cpu() == labels).sum().item(), n], dtype=torch.float64)
         callback.on_step(
@@ -409,27 +502,29 @@ def _train_epoch(run: _Run, callback: Callback) -> tuple[torch.Tensor, float]:
             }
         )
     seconds = time.perf_counter() - epoch_start
-    sums = distributed.all_reduce_sum(sums.to(device), info).cpu()  # NCCL reduces CUDA tensors only
-    run.epoch, run.step_in_epoch = (epoch + 1, 0) if last == run.steps_per_epoch else (epoch, last)
-    return sums, seconds
+    sums = end_epoch(run, sums, last)
+    n = max(float(sums[2]), 1.0)
+    return {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n * 100}, float(sums[2]), seconds
 
 
-def _evaluate_and_checkpoint(run: _Run, sums: torch.Tensor, seconds: float) -> dict[str, Any]:
+def _evaluate_and_checkpoint(run: _Run, train: dict[str, float], images: float, seconds: float) -> dict[str, Any]:
     """Evaluate the live and EMA weights, append the epoch's record to ``log.jsonl``, write ``last.pt``, and
     ``best/`` when the better of the two beats every earlier epoch. Returns the record."""
     cfg = run.cfg
-    live = evaluate(run.model, run.val_set, **run.eval_args())
-    ema = evaluate(run.ema.module, run.val_set, **run.eval_args()) if run.ema is not None else None
+    for module in (run.model, run.ema):
+        if module is not None:
+            distributed.broadcast_buffers(module, run.info)
+    live = run.task.evaluate(run, run.model)
+    ema = run.task.evaluate(run, run.ema.module) if run.ema is not None else None
     run.last_eval = (live, ema)
     epoch = run.epoch if run.step_in_epoch == 0 else run.epoch + 1
     record = {
         "epoch": epoch,
         "step": run.global_step,
         "lr": run.optimizer.param_groups[0]["lr"],
-        "train_loss": float(sums[0] / max(sums[2], 1)),
-        "train_top1": float(sums[1] / max(sums[2], 1) * 100),
+        **{f"train_{k}": v for k, v in train.items()},
         **{f"val_{k}": v for k, v in live.summary().items()},
-        "images_per_s": float(sums[2]) / seconds if seconds > 0 else 0.0,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
         "seconds": seconds,
     }
     if ema is not None:
@@ -442,8 +537,8 @@ def _evaluate_and_checkpoint(run: _Run, sums: torch.Tensor, seconds: float) -> d
         with run.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         chosen, which, result = _better(run, live, ema)
-        if result.top1 > run.best_top1:
-            run.best_top1 = result.top1
+        if run.score(result) > run.best_score:
+            run.best_score = run.score(result)
             save_checkpoint(chosen, run.out / BEST_NAME, classes=run.classes, metrics=_metrics(run, which, result))
         atomic_save(_train_state(run), run.state_path)
         run.saved_at = (run.epoch, run.global_step)
@@ -453,22 +548,21 @@ def _evaluate_and_checkpoint(run: _Run, sums: torch.Tensor, seconds: float) -> d
                     run.writer.add_scalar(key, value, run.global_step)
             run.writer.flush()
         logger.debug(
-            "epoch %d/%d: train loss %.4f top-1 %.2f%% | val loss %.4f top-1 %.2f%% top-5 %.2f%%",
-            epoch, cfg.epochs, record["train_loss"], record["train_top1"], record["val_loss"],
-            record["val_top1"], record["val_top5"],
+            "epoch %d/%d: train loss %.4f | val %s %.2f%%",
+            epoch, cfg.epochs, record["train_loss"], run.task.score, record[f"val_{run.task.score}"],
         )  # fmt: skip
     distributed.barrier(run.info)
     return record
 
 
-def _better(run: _Run, live: EvalResult, ema: EvalResult | None) -> tuple[nn.Module, str, EvalResult]:
+def _better(run: _Run, live: Any, ema: Any) -> tuple[nn.Module, str, Any]:
     """The EMA weights when they validate strictly better than the live ones, else the live weights."""
-    if ema is not None and ema.top1 > live.top1:
+    if ema is not None and run.score(ema) > run.score(live):
         return run.ema.module, "EMA", ema
     return run.model, "live", live
 
 
-def _metrics(run: _Run, which: str, result: EvalResult) -> dict[str, Any]:
+def _metrics(run: _Run, which: str, result: Any) -> dict[str, Any]:
     epoch = run.epoch if run.step_in_epoch == 0 else run.epoch + 1
     return {
         "weights": which,
@@ -481,8 +575,8 @@ def _metrics(run: _Run, which: str, result: EvalResult) -> dict[str, Any]:
 def _finish(run: _Run, start: float) -> TrainResult:
     """Save the better of the live and EMA weights to ``model/`` and say which; the result of the run."""
     if run.last_eval is None:  # nothing left to train (resuming a finished run): evaluate what there is
-        live = evaluate(run.model, run.val_set, **run.eval_args())
-        run.last_eval = (live, evaluate(run.ema.module, run.val_set, **run.eval_args()) if run.ema else None)
+        live = run.task.evaluate(run, run.model)
+        run.last_eval = (live, run.task.evaluate(run, run.ema.module) if run.ema else None)
     live, ema = run.last_eval
     chosen, which, result = _better(run, live, ema)
     weights_path = run.out / WEIGHTS_NAME
@@ -490,15 +584,16 @@ def _finish(run: _Run, start: float) -> TrainResult:
         save_checkpoint(chosen, weights_path, classes=run.classes, metrics=_metrics(run, which, result))
         if ema is not None:
             logger.info(
-                "validation top-1: live weights %.2f%%, EMA weights %.2f%%; %s holds the %s weights",
-                live.top1, ema.top1, weights_path, which,
+                "validation %s: live weights %.2f%%, EMA weights %.2f%%; %s holds the %s weights",
+                run.task.score, run.score(live), run.score(ema), weights_path, which,
             )  # fmt: skip
     distributed.barrier(run.info)
     return TrainResult(
         output_dir=run.out, checkpoint=run.state_path, weights=weights_path, best=run.out / BEST_NAME,
         log=run.log_path, curves=run.out / CURVES_NAME, config=run.out / CONFIG_NAME, epochs=run.cfg.epochs,
         steps=run.global_step, seconds=time.perf_counter() - start, val=result, live_val=live,
-        ema_val=ema, saved_weights=which, lr=run.lr, skipped_files=[*run.train_set.skipped, *run.val_set.skipped],
+        ema_val=ema, saved_weights=which, lr=run.lr,
+        skipped_files=[*getattr(run.train_set, "skipped", []), *getattr(run.val_set, "skipped", [])],
     )  # fmt: skip
 
 
@@ -508,7 +603,7 @@ def _write_curves(run: _Run) -> None:
         return
     records = [json.loads(line) for line in run.log_path.read_text().splitlines() if line.strip()]
     if records:
-        save_curves_png(records, run.out / CURVES_NAME, title=f"{run.cfg.model}: {run.out}")
+        save_curves_png(records, run.out / CURVES_NAME, title=f"{run.cfg.model}: {run.out}", metric=run.task.score)
 
 
 def _rank_slice(start: int, local_batch: int, info: distributed.DistInfo) -> slice:
@@ -528,7 +623,8 @@ def _train_state(run: _Run) -> dict[str, Any]:
         "epoch": run.epoch,
         "step_in_epoch": run.step_in_epoch,
         "global_step": run.global_step,
-        "best_top1": run.best_top1,
+        "task": run.task.name,
+        "best_score": run.best_score,
         "rng": capture_rng(),
         "cpu_routes": cpu_backend.route_state(),
         "config": json.dumps(run.cfg.to_dict()),
@@ -549,6 +645,13 @@ def _truncate_log(path: Path, completed_epochs: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by a killed process
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _evaluate(run: _Run, model: nn.Module) -> EvalResult:
+    return evaluate(model, run.val_set, **run.eval_args())
+
+
+CLASSIFY = Task("classify", "top1", _train_epoch, _evaluate)
 
 
 def _tensorboard(out: Path):

@@ -8,15 +8,18 @@ Three kinds, told apart by what is on disk:
 * ``"file"``: any other supported file (an official release, timm's, OpenMMLab's...), whose layout is detected from
   its keys once a model is known.
 
-The result, a frozen :class:`Checkpoint`, carries what the checkpoint says about itself: the registered model name,
-the architecture overrides, ``num_classes``, ``in_chans``, the input size and preprocessing (``data_config``), the
-class names, and the tensors. A foreign file says nothing but its tensors; the fields it cannot fill are ``None``.
+The result, a frozen :class:`Checkpoint`, carries what the checkpoint says about itself: the task (``"classify"`` or
+``"segment"``: a segmenter's folder or training state, whose ``model_name`` is its backbone's and whose
+``segment`` entry holds its head and inference settings), the registered model name, the architecture overrides,
+``num_classes``, ``in_chans``, the input size and preprocessing (``data_config``), the class names, and the
+tensors. A foreign file says nothing but its tensors; the fields it cannot fill are ``None``.
 :func:`glocal.create_model`, :func:`glocal.load_checkpoint`, the engine and every command read checkpoints through
 here, so each file is read (and a training state unpickled, tensors only) exactly once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -48,12 +51,16 @@ class Checkpoint:
     ``config`` are :func:`glocal.create_model` overrides (fields of the family config, run-time options);
     ``input_size`` is (H, W); ``data_config`` the saved preprocessing (``mean``, ``std``, ``crop_pct``,
     ``interpolation``...); ``weights`` says which weights ``tensors`` are (``"model"`` or ``"ema"``);
-    ``train_state`` is the whole training state of a ``last.pt`` (for ``--resume``), else ``None``.
+    ``train_state`` is the whole training state of a ``last.pt`` (for ``--resume``), else ``None``. ``task`` is
+    ``"segment"`` for a segmenter (``segment``: head, head width, label convention, palette, inference settings;
+    :func:`glocal.create_segmenter` rebuilds it), else ``"classify"`` (a foreign file: assumed).
     """
 
     path: Path
     kind: str
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    task: str = "classify"
+    segment: dict[str, Any] | None = None
     model_name: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
@@ -70,7 +77,19 @@ class Checkpoint:
     def describe(self) -> str:
         """One line for logs and messages: the path, the kind and the model it was saved from."""
         saved = f", saved from {self.model_name!r}" if self.model_name else ""
+        if self.segment is not None:
+            saved += f" + {self.segment['head']!r} segmentation head"
         return f"{self.path} ({self.kind}{saved})"
+
+    def refuse_segmenter(self, what: str) -> None:
+        """Raise a ValueError when this is a segmenter's checkpoint, which ``what`` (classification code) cannot
+        take; it says what takes it instead."""
+        if self.task == "segment":
+            raise ValueError(
+                f"{self.path} holds a segmenter ({self.model_name} + {self.segment['head']}, task 'segment'); {what} "
+                f"take classifiers. Use glocal.create_segmenter(checkpoint=...) or `glocal eval --task segment "
+                f"--checkpoint {self.path} --data DIR`"
+            )
 
 
 def is_train_state(content: Any) -> bool:
@@ -89,6 +108,25 @@ class _SavedConfig:
     data_config: dict[str, Any] | None = None
     classes: tuple[str, ...] | None = None
     metrics: dict[str, Any] | None = None
+    task: str | None = None
+    segment: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _SavedSegment:
+    """The ``segment`` entry of a segmenter's config (see :meth:`glocal.dense.Segmenter.checkpoint_fields`)."""
+
+    head: str
+    head_channels: int | None = None
+    reduce_zero_label: bool = False
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    test_scale: tuple[int, int] | None = None
+    eval_mode: str = "whole"
+    crop_size: tuple[int, int] = (512, 512)
+    slide_stride: tuple[int, int] = (341, 341)
+
+
+_TASKS = ("classify", "segment")
 
 
 @dataclass(frozen=True)
@@ -159,6 +197,19 @@ def _from_config(
             config["data_config"] = check_fields(_SavedDataConfig, config["data_config"], where=f"{where} data_config")
     except (TypeError, ValueError) as err:
         raise CheckpointError(str(err)) from err
+    task = config.get("task") or "classify"
+    if task not in _TASKS:
+        raise CheckpointError(f"{where} task {task!r}, which this glocal does not know (it knows {_TASKS})")
+    segment = config.get("segment")
+    if task == "segment":
+        if not isinstance(segment, dict) or "head" not in segment:
+            raise CheckpointError(f"{where} task 'segment' without its segment entry (head, inference settings)")
+        try:
+            segment = check_fields(_SavedSegment, segment, where=f"{where} segment")
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(str(err)) from err
+        defaults = {f.name: f.default for f in dataclasses.fields(_SavedSegment) if f.name != "head"}
+        segment = {**defaults, **{k: v for k, v in segment.items() if k in defaults or k == "head"}}
     for key, minimum in (("num_classes", 0), ("in_chans", 1)):
         if config.get(key) is not None and config[key] < minimum:
             raise CheckpointError(f"{where} {key!r} must be at least {minimum}, got {config[key]}")
@@ -171,6 +222,8 @@ def _from_config(
         path=path,
         kind=kind,
         tensors=tensors,
+        task=task,
+        segment=segment if task == "segment" else None,
         model_name=config.get("model_name"),
         config=dict(config.get("config") or {}),
         num_classes=config.get("num_classes"),
@@ -206,5 +259,6 @@ def _from_train_state(path: Path, state: dict[str, Any], ema: bool) -> Checkpoin
             "num_classes": len(state["classes"]),
             "data_config": data_config,
             "classes": state["classes"],
+            "task": state.get("task"),
         }
     return _from_config(path, "train-state", dict(state[key]), config, weights=_which(ema), train_state=state)

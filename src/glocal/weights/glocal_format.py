@@ -4,8 +4,9 @@
 
     my-model/
       model.safetensors   every tensor of model.state_dict(), glocal's names, header metadata {"format": "pt"}
-      config.json         {"glocal_format": 1, "model_name", "config", "num_classes", "in_chans", "data_config",
-                           "classes", "glocal_version"} (and "metrics" where training wrote the folder)
+      config.json         {"glocal_format": 1, "task", "model_name", "config", "num_classes", "in_chans",
+                           "data_config", "classes", "glocal_version"} (and "metrics" where training wrote the
+                           folder; a segmenter's: "task": "segment", its backbone's name and config, and "segment")
 
 ``config.json`` holds what :func:`glocal.create_model` needs to rebuild the same architecture (the registered name
 and the family config with any overrides), how images must reach it (``data_config``: the input size and crop it was
@@ -89,7 +90,8 @@ def checkpoint_config(
     model: nn.Module, *, classes: Sequence[str] | None = None, metrics: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The ``config.json`` content for ``model``: what rebuilds it, how images reach it, its class names (by default
-    those of its pretrained tag's label set, while its classifier is still that label set's)."""
+    those of its pretrained tag's label set, while its classifier is still that label set's); a model with
+    ``checkpoint_fields()`` (a segmenter) adds its own entries."""
     name = getattr(model, "model_name", None)
     num_classes = getattr(model, "num_classes", None)
     if classes is None:
@@ -98,6 +100,7 @@ def checkpoint_config(
         raise ValueError(f"{len(classes)} class names given for a model with {num_classes} classes")
     config = {
         "glocal_format": FORMAT_VERSION,
+        "task": "classify",
         "model_name": name,
         "architecture": type(model).__name__,
         "config": _to_json(getattr(model, "cfg", None)),
@@ -107,6 +110,8 @@ def checkpoint_config(
         "classes": list(classes) if classes is not None else None,
         "glocal_version": _version(),
     }
+    if hasattr(model, "checkpoint_fields"):
+        config |= _to_json(model.checkpoint_fields())
     if metrics:
         config["metrics"] = _to_json(metrics)
     return config
