@@ -64,7 +64,7 @@ def _compare(label: str, old, new, inputs, repeats: int, warmup: int = 2) -> Non
     x = inputs[0]
     xs = [x.clone().requires_grad_() for _ in range(2)]
     outs = [m(xi, *inputs[1:]) for m, xi in zip((old, new), xs, strict=True)]
-    for out, xi in zip(outs, xs, strict=True):
+    for out in outs:
         out.sum().backward()
     out_err = (outs[0] - outs[1]).abs().max().item()
     grad_err = (xs[0].grad - xs[1].grad).abs().max().item()

@@ -8,7 +8,7 @@ import torch
 import glocal
 from glocal.layers.attention import _softmax_in_memory_order, attend_logits
 from glocal.models import FeaturePyramid
-from glocal.models.volo import OutlookAttention, Volo
+from glocal.models.volo import OutlookAttention, Volo, _FoldWindows, _GatherWindows
 
 TINY = dict(depths=(2, 1, 1, 1), embed_dims=(64, 96, 96, 96), num_heads=(2, 3, 3, 3))
 
@@ -69,6 +69,16 @@ def test_attend_logits_softmax_follows_the_memory_order(layout):
 def test_softmax_of_gapped_logits_falls_back_to_the_plain_call():
     logits = torch.randn(4, 6, 9)[:, ::2].transpose(0, 1)  # strided with gaps: no dense memory order
     torch.testing.assert_close(_softmax_in_memory_order(logits), logits.contiguous().softmax(-1))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 3)])
+def test_window_gather_and_fold_gradients_pass_gradcheck(size):
+    """The window gather and fold carry each other as backward: checked against finite differences (and twice)."""
+    v = torch.randn(1, *size, 4, dtype=torch.float64, requires_grad=True)
+    windows = torch.randn(1, 2, (size[0] + 1) // 2, (size[1] + 1) // 2, 9, 2, dtype=torch.float64, requires_grad=True)
+    for fn, arg in ((lambda t: _GatherWindows.apply(t, 2), v), (lambda t: _FoldWindows.apply(t, size), windows)):
+        assert torch.autograd.gradcheck(fn, (arg,))
+        assert torch.autograd.gradgradcheck(fn, (arg,))
 
 
 def test_outlook_probe_sees_per_window_maps():
