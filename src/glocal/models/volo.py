@@ -89,22 +89,18 @@ def _gather_windows(v: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def _fold_windows(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, heads, h, w, 9, d) -> (B, H, W, heads * d): the overlapping 3x3 windows summed back onto the map, what
-    ``F.fold(3, padding=1, stride=2)`` does, with ``split``, ``F.pad`` and additions (cheap backward: no slicing of
-    the large operands, whose gradients would be zero-filled copies).
+    ``F.fold(3, padding=1, stride=2)`` does, with ``F.pad`` and in-place additions of slices.
 
     On the padded axis of length 2(h + 1), window i's entries 0 and 1 land on pair i and its entry 2 on the first slot
     of pair i + 1; the pairs flatten into positions, and the leading padding and any overhang are cropped.
     """
     y = y.unflatten(4, (3, 3))  # (B, heads, h, w, 3, 3, d)
-    first, last = y.split([2, 1], dim=4)  # rows: (B, heads, h, w, 2 | 1, 3, d)
-    pairs = F.pad(first, (0, 0) * 4 + (0, 1))  # (B, heads, h + 1, w, 2, 3, d): entries 0, 1 stay in pair i
-    carry = F.pad(last, (0, 0) * 2 + (0, 1) + (0, 0) + (1, 0))  # entry 2 goes to slot 0 of pair i + 1
-    y = pairs + carry  # (B, heads, h + 1, w, 2, 3, d)
-    first, last = y.split([2, 1], dim=5)  # columns: (B, heads, h + 1, w, 2, 2 | 1, d)
-    pairs = F.pad(first, (0, 0) * 3 + (0, 1))  # (B, heads, h + 1, w + 1, 2, 2, d)
-    carry = F.pad(last, (0, 0) + (0, 1) + (0, 0) + (1, 0))
-    y = pairs + carry  # (B, heads, h + 1, w + 1, 2, 2, d)
-    y = y.permute(0, 2, 4, 3, 5, 1, 6).flatten(5, 6)  # (B, h + 1, 2, w + 1, 2, C)
+    pairs = F.pad(y[:, :, :, :, :2], (0, 0) * 4 + (0, 1))  # rows: (B, heads, h + 1, w, 2, 3, d), entries 0, 1
+    pairs[:, :, 1:, :, 0] += y[:, :, :, :, 2]  # entry 2 goes to slot 0 of pair i + 1
+    y = pairs
+    pairs = F.pad(y[:, :, :, :, :, :2], (0, 0) * 3 + (0, 1))  # columns: (B, heads, h + 1, w + 1, 2, 2, d)
+    pairs[:, :, :, 1:, :, 0] += y[:, :, :, :, :, 2]
+    y = pairs.permute(0, 2, 4, 3, 5, 1, 6).flatten(5, 6)  # (B, h + 1, 2, w + 1, 2, C)
     y = y.flatten(3, 4).flatten(1, 2)  # (B, 2h + 2, 2w + 2, C), padded coordinates
     return y[:, 1:, 1:][:, : size[0], : size[1]]  # (B, H, W, C)
 
