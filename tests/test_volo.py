@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import glocal
+from glocal.layers.attention import _softmax_in_memory_order, attend_logits
 from glocal.models import FeaturePyramid
-from glocal.models.volo import OutlookAttention, Volo
+from glocal.models.volo import OutlookAttention, Volo, _FoldWindows, _GatherWindows
 
 TINY = dict(depths=(2, 1, 1, 1), embed_dims=(64, 96, 96, 96), num_heads=(2, 3, 3, 3))
 
@@ -38,6 +39,46 @@ def test_outlook_attention_equals_unfold_fold_reference(size):
     g_ref = torch.autograd.grad(ref, [x, *attn.parameters()], grad)
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        (0, 1, 2, 3),  # contiguous: the plain call
+        (3, 0, 1, 2),  # keys outermost, VOLO's outlook logits: softmax in memory order
+        (1, 3, 0, 2),  # another permutation
+    ],
+)
+def test_attend_logits_softmax_follows_the_memory_order(layout):
+    """The softmax over the last axis is the same whatever the logits' memory order, values and gradients."""
+    torch.manual_seed(0)
+    stored = torch.randn([(4, 3, 1, 9)[d] for d in layout]) * 3  # (B, heads, Nq, Nk) laid out in `layout` order
+    logits = stored.permute([layout.index(d) for d in range(4)]).requires_grad_()  # (4, 3, 1, 9) view
+    assert logits.shape == (4, 3, 1, 9)
+    plain = logits.detach().contiguous().requires_grad_()
+    v = torch.randn(4, 3, 9, 5)
+    ours, ref = attend_logits(logits, v), attend_logits(plain, v)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits, grad)[0], torch.autograd.grad(ref, plain, grad)[0])
+    attn = _softmax_in_memory_order(logits.detach())
+    assert attn.stride() == logits.stride()  # computed where the logits lie: no relayout copy
+    torch.testing.assert_close(attn, plain.detach().softmax(-1))
+
+
+def test_softmax_of_gapped_logits_falls_back_to_the_plain_call():
+    logits = torch.randn(4, 6, 9)[:, ::2].transpose(0, 1)  # strided with gaps: no dense memory order
+    torch.testing.assert_close(_softmax_in_memory_order(logits), logits.contiguous().softmax(-1))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 3)])
+def test_window_gather_and_fold_gradients_pass_gradcheck(size):
+    """The window gather and fold carry each other as backward: checked against finite differences (and twice)."""
+    v = torch.randn(1, *size, 4, dtype=torch.float64, requires_grad=True)
+    windows = torch.randn(1, 2, (size[0] + 1) // 2, (size[1] + 1) // 2, 9, 2, dtype=torch.float64, requires_grad=True)
+    for fn, arg in ((lambda t: _GatherWindows.apply(t, 2), v), (lambda t: _FoldWindows.apply(t, size), windows)):
+        assert torch.autograd.gradcheck(fn, (arg,))
+        assert torch.autograd.gradgradcheck(fn, (arg,))
 
 
 def test_outlook_probe_sees_per_window_maps():

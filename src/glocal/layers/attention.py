@@ -98,12 +98,30 @@ def attend_logits(
 def _softmax_probe_matmul(
     logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float
 ) -> torch.Tensor:
-    attn = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(v.dtype)
+    attn = _softmax_in_memory_order(logits.to(torch.promote_types(logits.dtype, torch.float32))).to(v.dtype)
     if probe is not None:
         attn = probe(attn)
     if dropout_p > 0.0:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v
+
+
+def _softmax_in_memory_order(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.softmax(-1)``, computed on the tensor as it lies in memory and returned in the same layout.
+
+    Torch's CPU kernel runs a short contiguous last axis row by row, 40-60x slower than the same softmax across a long
+    inner axis (VOLO's outlook attention: 9 keys per row, ``benchmarks/outlook_attention.py``); a caller that stores
+    its logits with the keys outermost (a permuted view) gets the fast kernel. A contiguous tensor takes the plain
+    call.
+    """
+    if logits.is_contiguous():
+        return logits.softmax(dim=-1)
+    order = sorted(range(logits.ndim), key=lambda d: logits.stride(d), reverse=True)  # outermost axis first
+    stored = logits.permute(order)
+    if not stored.is_contiguous():  # overlapping or gapped strides: no memory order to follow
+        return logits.softmax(dim=-1)
+    attn = stored.softmax(dim=order.index(logits.ndim - 1))
+    return attn.permute(sorted(range(logits.ndim), key=order.__getitem__))  # back to the caller's axis order
 
 
 class MultiHeadAttention(nn.Module):
