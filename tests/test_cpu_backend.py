@@ -26,8 +26,11 @@ def _ran_onednn(fn) -> bool:
 
 
 @pytest.fixture
-def onednn_linear(cpu_backend_on, monkeypatch):
-    monkeypatch.setattr(cpu, "_choose", lambda key, d, c, name: name)  # the candidate route wins every class
+def onednn_linear(cpu_backend_on, monkeypatch) -> list[str]:
+    """The candidate route wins every shape class; the list of the classes asked for."""
+    keys = []
+    monkeypatch.setattr(cpu, "_choose", lambda key, d, c, name: keys.append(key) or name)
+    return keys
 
 
 def test_off_a_model_is_the_standard_path():
@@ -98,6 +101,57 @@ def test_traced_graphs_hold_the_standard_operator(onednn_linear):
     traced = torch.jit.trace(layer, x)
     assert "linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
     torch.testing.assert_close(traced(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_gelu_and_residual_routes_equal_the_standard_ops(onednn_linear, approximate, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, cpu.MIN_ROWS, 48).transpose(0, 1)  # non-contiguous rows
+    w1, w2 = torch.randn(96, 48) * 0.2, torch.randn(48, 96) * 0.2
+    b1, b2 = (torch.randn(96), torch.randn(48)) if bias else (None, None)
+    residual = torch.randn(cpu.MIN_ROWS, 3, 48)
+    with torch.inference_mode():
+        assert _ran_onednn(lambda: cpu.linear_gelu(x, w1, b1, approximate))
+        h = cpu.linear_gelu(x, w1, b1, approximate)
+        torch.testing.assert_close(h, F.gelu(F.linear(x, w1, b1), approximate=approximate), rtol=1e-5, atol=1e-5)
+        assert _ran_onednn(lambda: cpu.linear_add(h, w2, b2, residual))
+        out = cpu.linear_add(h, w2, b2, residual)
+    torch.testing.assert_close(out, residual + F.linear(h, w2, b2), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", ["grad", "off", "broadcast residual"])
+def test_fused_routes_step_aside_for_autograd_the_standard_path_and_other_shapes(onednn_linear, case):
+    if case == "off":
+        cpu.disable()
+    x = torch.randn(cpu.MIN_ROWS, 16, requires_grad=case == "grad")
+    w, b = torch.randn(16, 16), torch.randn(16)
+    residual = torch.randn(1, 16) if case == "broadcast residual" else torch.randn(cpu.MIN_ROWS, 16)
+    torch.testing.assert_close(cpu.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)))
+    torch.testing.assert_close(cpu.linear_add(x, w, b, residual), residual + F.linear(x, w, b))
+    fused = {k.split(":")[0] for k in onednn_linear} & {"linear_gelu", "linear_add"}
+    assert fused == ({"linear_gelu"} if case == "broadcast residual" else set())
+
+
+@needs_onednn
+def test_transformer_blocks_fuse_in_eval_only_without_hooks(onednn_linear):
+    torch.manual_seed(0)
+    model = glocal.create_model("vit_small_patch16_224", depth=2, embed_dim=96, num_heads=3, img_size=64).eval()
+    x = torch.randn(4, 3, 64, 64)  # 4 x 17 tokens: at least MIN_ROWS rows
+    with torch.inference_mode():
+        reference = model(x)  # backend off: the modules called one by one
+        cpu.enable(model, malloc=False)
+        fused = model(x)
+        seen = []
+        model.blocks[1].mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        model.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        hooked = model(x)
+    assert {k.split(":")[0] for k in onednn_linear} >= {"linear_gelu", "linear_add"}
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hooked, reference, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 2  # the hooked modules were called, not fused away
 
 
 def _qkv(nq: int, nk: int, requires_grad: bool = False):

@@ -55,8 +55,11 @@ __all__ = [
     "disable",
     "enable",
     "fast_attention",
+    "fusable",
     "is_enabled",
     "linear",
+    "linear_add",
+    "linear_gelu",
     "load_route_state",
     "onednn_gemm",
     "prepare_input",
@@ -95,8 +98,10 @@ def is_enabled() -> bool:
     return _enabled
 
 
-def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of ``mkldnn._linear_pointwise(input (..., K), weight (N, K), ...)``: as ``addmm``."""
+def _onednn_linear_flop(x_shape, second, third=None, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``mkldnn._linear_pointwise(input (..., K), weight (N, K), bias, ...)`` and of its ``binary``
+    overload ``(input, other, weight (N, K), ...)``: the product's, as ``addmm``."""
+    weight_shape = third if third is not None and len(third) == 2 else second
     return 2 * math.prod(x_shape[:-1]) * weight_shape[1] * weight_shape[0]
 
 
@@ -110,7 +115,7 @@ def enable(model: nn.Module | None = None, *, malloc: bool = True) -> nn.Module 
     if not _enabled:
         torch.set_flush_denormal(True)
         op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if _ONEDNN else None
-        if op is not None and op not in flop_registry:  # FlopCounterMode counts the oneDNN route as addmm
+        if op is not None and op not in flop_registry:  # FlopCounterMode counts the oneDNN routes as addmm
             register_flop_formula(op)(_onednn_linear_flop)
         _load_disk_cache()
         _enabled = True
@@ -313,6 +318,66 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if route != "onednn":
         return F.linear(x, weight, bias)
     return _onednn_linear(x2d.contiguous(), weight, bias, grad).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fusable(*modules: nn.Module) -> bool:
+    """Whether a family may replace the calls of ``modules`` by a fused route: the backend is on and no forward
+    hook (of these modules, or global, as analyses and FLOP counters register) expects to see each module called."""
+    if not _enabled or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _inference_rows(x: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` as (M, K) rows if the fused inference routes may take this call (backend on, eager float32 CPU, no
+    autograd, at least ``MIN_ROWS`` rows); None otherwise."""
+    present = [t for t in tensors if t is not None]
+    if not (_eligible(x, *present) and x.numel() >= MIN_ROWS * x.shape[-1]):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *present)):
+        return None
+    return x.reshape(-1, x.shape[-1])
+
+
+def linear_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, approximate: str = "none"
+) -> torch.Tensor:
+    """``F.gelu(linear(x, weight, bias), approximate=approximate)``; in inference on oneDNN with the GELU applied in
+    the product's epilogue (one pass over the hidden activations instead of three: bias, product, GELU) where that
+    measured faster than torch's ``F.linear`` then ``F.gelu``."""
+    x2d = _inference_rows(x, weight, bias)
+    if x2d is not None:
+        key = f"linear_gelu:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}:{approximate}"
+        xc = x2d.contiguous()
+
+        def fused() -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(xc, weight, bias, "gelu", [], approximate)
+
+        route = _routes.get(key) or _choose(
+            key, lambda: F.gelu(F.linear(x2d, weight, bias), approximate=approximate), fused, "onednn"
+        )
+        if route == "onednn":
+            return fused().reshape(*x.shape[:-1], weight.shape[0])
+    return F.gelu(linear(x, weight, bias), approximate=approximate)
+
+
+def linear_add(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual + linear(x, weight, bias)``; in inference on oneDNN with the addition in the product's epilogue
+    where that measured faster than torch's ``F.linear`` then ``+``. ``residual`` has the output's shape."""
+    x2d = _inference_rows(x, weight, bias, residual)
+    if x2d is not None and residual.shape == (*x.shape[:-1], weight.shape[0]):
+        key = f"linear_add:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}"
+        xc, other = x2d.contiguous(), residual.reshape(x2d.shape[0], weight.shape[0]).contiguous()
+
+        def fused() -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise.binary(xc, other, weight, bias, "add")
+
+        route = _routes.get(key) or _choose(key, lambda: residual + F.linear(x, weight, bias), fused, "onednn")
+        if route == "onednn":
+            return fused().reshape(residual.shape)
+    return residual + linear(x, weight, bias)
 
 
 class RoutedLinear(nn.Linear):

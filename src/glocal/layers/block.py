@@ -3,7 +3,9 @@
 ``x = x + drop_path1(attn(norm1(x), *args))`` then ``x = x + drop_path2(mlp(norm2(x)))``. The token mixer is
 injected (global multi-head attention, Twins' LSA/GSA, VOLO's outlook attention), so one block serves every family;
 extra positional arguments of ``forward`` (a feature size) pass through to the mixer. Module names (``norm1``,
-``attn``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) are the official repositories' and timm's.
+``attn``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) are the official repositories' and timm's. In eval mode with the
+CPU backend on (and no hook on ``mlp``) the second residual addition is handed to the MLP, which may fuse it into
+``fc2``'s product.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import functools
 import torch
 from torch import nn
 
+from glocal.backends import cpu as cpu_backend
 from glocal.layers.drop import DropPath
 from glocal.layers.mlp import Mlp
 
@@ -45,5 +48,6 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x), *args))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        if not self.training and cpu_backend.fusable(self.mlp):  # the addition may fuse into mlp.fc2
+            return self.mlp(self.norm2(x), residual=x)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
