@@ -8,6 +8,7 @@ environment (timm needs torchvision's native ops disabled on these machines).
     python benchmarks/compare_peers.py resnet50 twins_svt_small volo_d1_224 vit_small_patch16_224 \
         --img-size 224 --batch-size 8 --modes infer train --rounds 7
     python benchmarks/compare_peers.py twins_svt_small --official twins=/tmp/official/Twins
+    python benchmarks/compare_peers.py vit_small_patch16_224 --modes infer --no-optimize --compile
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ def main() -> int:
         help="apply glocal.runtime.keep_freed_memory (what the glocal command does) to the whole process, peers too",
     )
     p.add_argument("--standard-path", action="store_true", help="glocal without its CPU backend (torch's defaults)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time glocal and every peer through torch.compile (inductor), next to their eager runs",
+    )
     args = p.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -204,16 +210,21 @@ def main() -> int:
                     models[label] = optimize_for_inference(eager, example=x, dtype=dtype, freeze=freeze)
                     inputs[label] = x.to(memory_format=torch.channels_last, dtype=dtype)
             models.update(peers)
+            if args.compile:  # compiled during the warm-up; the CPU backend's routes step aside inside graphs
+                models.update({f"{k} compiled": torch.compile(models[k]) for k in ("glocal", *peers)})
             # Optimized models run in their own dtype; the others under autocast when --dtype bf16.
             steps = {k: make_step(m, inputs.get(k, x), mode, None if k in inputs and k != "glocal" else dtype)
                      for k, m in models.items()}  # fmt: skip
             times = interleaved(steps, args.warmup, args.rounds)
             rate = {k: args.batch_size / statistics.median(t) for k, t in times.items()}
-            best_peer = max((rate[k] for k in peers), default=None)
+            # Compiled glocal against the fastest compiled peer, eager against the fastest eager one.
+            peer_rates = [(k.endswith(" compiled"), r) for k, r in rate.items() if not k.startswith("glocal")]
+            best_peer = {c: max((r for compiled, r in peer_rates if compiled == c), default=0) for c in (False, True)}
             for k, t in times.items():
                 q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
                 iqr = 100 * (q[2] - q[0]) / statistics.median(t)
-                ratio = f"{rate[k] / best_peer:6.2f}" if best_peer and k.startswith("glocal") else ""
+                peer = best_peer[k.endswith(" compiled")]
+                ratio = f"{rate[k] / peer:6.2f}" if peer and k.startswith("glocal") else ""
                 print(f"{name:24s} {mode:5s} {k:32s} {rate[k]:8.2f} {iqr:6.1f} {ratio:>6s}", flush=True)
             if not peers:
                 print(f"{name:24s} {mode:5s} (no peer available)")

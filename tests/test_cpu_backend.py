@@ -106,19 +106,26 @@ def test_traced_graphs_hold_the_standard_operator(onednn_linear):
 @needs_onednn
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_gelu_and_residual_routes_equal_the_standard_ops(onednn_linear, approximate, bias):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gelu_and_residual_routes_equal_the_standard_ops(onednn_linear, approximate, bias, dtype):
     torch.manual_seed(0)
     x = torch.randn(3, cpu.MIN_ROWS, 48).transpose(0, 1)  # non-contiguous rows
     w1, w2 = torch.randn(96, 48) * 0.2, torch.randn(48, 96) * 0.2
     b1, b2 = (torch.randn(96), torch.randn(48)) if bias else (None, None)
     residual = torch.randn(cpu.MIN_ROWS, 3, 48)
+    h_ref = F.gelu(F.linear(x, w1, b1), approximate=approximate)
+    out_ref = residual + F.linear(h_ref, w2, b2)
+    x, w1, w2, residual = (t.to(dtype) for t in (x, w1, w2, residual))
+    b1, b2 = (None if b is None else b.to(dtype) for b in (b1, b2))
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}  # bf16 rounding
     with torch.inference_mode():
         assert _ran_onednn(lambda: cpu.linear_gelu(x, w1, b1, approximate))
         h = cpu.linear_gelu(x, w1, b1, approximate)
-        torch.testing.assert_close(h, F.gelu(F.linear(x, w1, b1), approximate=approximate), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h.float(), h_ref, **tol)
         assert _ran_onednn(lambda: cpu.linear_add(h, w2, b2, residual))
         out = cpu.linear_add(h, w2, b2, residual)
-    torch.testing.assert_close(out, residual + F.linear(h, w2, b2), rtol=1e-5, atol=1e-5)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), out_ref, **tol)
 
 
 @needs_onednn

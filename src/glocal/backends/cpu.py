@@ -149,13 +149,13 @@ def prepare_input(x: torch.Tensor, memory_format: torch.memory_format) -> torch.
     return x.contiguous(memory_format=memory_format)
 
 
-def _eligible(*tensors: torch.Tensor) -> bool:
-    """Whether the routes may take these tensors: backend on, eager float32 CPU, no autocast."""
+def _eligible(*tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the routes may take these tensors: backend on, eager CPU tensors of ``dtype``, no autocast."""
     if not _enabled or capturing_graph():  # first: reading a symbolic tensor's properties would add guards
         return False
     return (
         _ONEDNN
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
         and not torch.is_autocast_enabled("cpu")
     )
 
@@ -329,14 +329,21 @@ def fusable(*modules: nn.Module) -> bool:
 
 
 def _inference_rows(x: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor | None:
-    """``x`` as (M, K) rows if the fused inference routes may take this call (backend on, eager float32 CPU, no
-    autograd, at least ``MIN_ROWS`` rows); None otherwise."""
+    """``x`` as (M, K) rows if the fused inference routes may take this call (backend on, eager CPU tensors, all
+    float32 or all bfloat16 (a model cast for inference), no autograd, at least ``MIN_ROWS`` rows); None otherwise."""
     present = [t for t in tensors if t is not None]
-    if not (_eligible(x, *present) and x.numel() >= MIN_ROWS * x.shape[-1]):
+    if not (_eligible(x, *present) or _eligible(x, *present, dtype=torch.bfloat16)):
+        return None
+    if x.numel() < MIN_ROWS * x.shape[-1]:
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *present)):
         return None
     return x.reshape(-1, x.shape[-1])
+
+
+def _tag(x: torch.Tensor) -> str:
+    """The dtype part of a fused route's key: none for float32 (the keys of earlier caches), ``:bf16``."""
+    return ":bf16" if x.dtype == torch.bfloat16 else ""
 
 
 def linear_gelu(
@@ -347,7 +354,7 @@ def linear_gelu(
     measured faster than torch's ``F.linear`` then ``F.gelu``."""
     x2d = _inference_rows(x, weight, bias)
     if x2d is not None:
-        key = f"linear_gelu:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}:{approximate}"
+        key = f"linear_gelu:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}:{approximate}{_tag(x)}"
         xc = x2d.contiguous()
 
         def fused() -> torch.Tensor:
@@ -368,7 +375,7 @@ def linear_add(
     where that measured faster than torch's ``F.linear`` then ``+``. ``residual`` has the output's shape."""
     x2d = _inference_rows(x, weight, bias, residual)
     if x2d is not None and residual.shape == (*x.shape[:-1], weight.shape[0]):
-        key = f"linear_add:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}"
+        key = f"linear_add:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}{_tag(x)}"
         xc, other = x2d.contiguous(), residual.reshape(x2d.shape[0], weight.shape[0]).contiguous()
 
         def fused() -> torch.Tensor:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from glocal.backends import capturing_graph
 from glocal.layers.attention import attend
 from glocal.layers.heads import split_heads
 from glocal.layers.mlp import Mlp
@@ -312,9 +313,9 @@ class T2TViT(PlainTransformer):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.prepare_input(x)
         x, size = self.tokens_to_token(x)  # (B, h*w, C)
-        # Traced and compiled graphs always build the table (equal to the stored one at the configured grid), so
-        # they are not frozen to the traced grid.
-        if size == self.grid_size and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        # Traced, compiled and exported graphs always build the table (equal to the stored one at the configured
+        # grid), so they are not frozen to the traced grid.
+        if size == self.grid_size and not capturing_graph():
             pos = self.pos_embed  # (1, 1 + h*w, C)
         else:
             pos = sinusoid_table(1 + size[0] * size[1], x.shape[-1]).to(x)  # (1, 1 + h*w, C)
