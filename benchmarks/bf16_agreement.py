@@ -26,6 +26,9 @@ from glocal.optimize import optimize_for_inference
 # One small variant per family (the real block kinds, fewer and narrower blocks), trainable on a CPU in a minute.
 MODELS = {
     "resnet50": dict(depths=[1, 1, 1, 1], widths=[16, 32, 64, 128], stem_width=16),
+    "seresnet50": dict(depths=[1, 1, 1, 1], widths=[16, 32, 64, 128], stem_width=16),
+    "botnet50": dict(depths=[1, 1, 1, 1], widths=[16, 32, 64, 128], stem_width=16),
+    "twins_pcpvt_small": dict(depths=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4]),
     "vit_small_patch16_224": dict(depth=4, embed_dim=96, num_heads=3, patch_size=8),
     "twins_svt_small": dict(depths=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4]),
     "volo_d1_224": dict(depths=[1, 1, 1, 1], embed_dims=[64, 128, 128, 128], num_heads=[2, 4, 4, 4]),

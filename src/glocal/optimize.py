@@ -119,6 +119,12 @@ def optimize_for_inference(
     defaults to one image at the model's ``data_config`` input size.
 
     Feed it inputs in the same layout and dtype: ``x.to(memory_format=torch.channels_last, dtype=dtype)``.
+
+    ``dtype=torch.bfloat16`` is glocal's fast CPU inference path on CPUs with AVX512-BF16 or AMX (Intel Sapphire
+    Rapids and later, AMD Zen 4 and later): the products run on oneDNN's bfloat16 kernels (AMX tiles where present),
+    and with the CPU backend on the transformer MLPs fuse GELU and the residual addition into them. Top-1 agrees
+    with float32 on 96-99% of real images (``benchmarks/bf16_agreement.py``); ``glocal bench MODEL --dtype bf16
+    --optimize`` measures the speed and its share of the bfloat16 matmul peak (docs/benchmarks.md).
     """
     if not inplace:
         model = copy.deepcopy(model)
