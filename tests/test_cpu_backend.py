@@ -218,3 +218,18 @@ def test_standard_path_is_not_overridden_by_use_by_default(cpu_backend_on):
     cpu.disable()
     model = cpu.use_by_default(nn.Linear(2, 2))
     assert type(model) is nn.Linear and not cpu.is_enabled()
+
+
+@pytest.mark.parametrize(
+    "name, img_size",
+    [("vit_small_patch16_224", 32), ("twins_svt_small", 32), ("volo_d1_224", 32), ("botnet50", 64), ("nlresnet50", 64)],
+)
+def test_torch_compile_sees_each_family_as_one_graph(name, img_size):
+    """Attention probes must not break the graph (a ``ContextVar.get`` did in every attention call, which made
+    compiled transformers slower than eager and Twins hit dynamo's recompile limit)."""
+    torch._dynamo.reset()
+    model = glocal.create_model(name, img_size=img_size).eval()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(torch.randn(1, 3, img_size, img_size))
+    assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_count == 1

@@ -119,7 +119,8 @@ def explicit_attention_enabled() -> bool:
 
 
 def is_observed(probe: AttentionProbe | None) -> bool:
-    """True when the explicit path must run: forced by context, or someone hooked the probe."""
-    if _EXPLICIT.get():
+    """True when the explicit path must run: forced by context, or someone hooked the probe. A graph being compiled
+    reads no context (dynamo cannot trace ``ContextVar.get``: every attention call would break the graph)."""
+    if not torch.compiler.is_compiling() and _EXPLICIT.get():
         return True
     return probe is not None and bool(probe._forward_hooks or probe._forward_pre_hooks)
