@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glocal.backends.cpu import capturing_graph
 from glocal.layers.attention import MultiHeadAttention, attend
 from glocal.layers.block import TransformerBlock, layer_norm_eps6
 from glocal.layers.drop import drop_path_rates
@@ -106,9 +107,9 @@ class LocallyGroupedAttention(MultiHeadAttention):
         pad_h, pad_w = Hp - H, Wp - W
         x = x.reshape(B, H, W, C)  # (B, H, W, C)
         bias = None
-        # Traced and exported graphs always pad and mask (by zero when the map divides, changing nothing), so they
-        # hold no branch on the input size; eager code takes the unpadded path whenever the map divides.
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or pad_h or pad_w:
+        # Captured graphs (traced, scripted, compiled, exported) always pad and mask (by zero when the map divides,
+        # changing nothing), so they hold no branch on the input size; eager code skips padding when the map divides.
+        if capturing_graph() or pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
             bias = self._padding_bias(H, W, rows, cols, x.device).repeat(B, 1, 1, 1)  # (B*windows, 1, 1, ws*ws)
         x = x.reshape(B, rows, ws, cols, ws, C).transpose(2, 3)  # (B, rows, cols, ws, ws, C)
