@@ -27,9 +27,9 @@ def _ran_onednn(fn) -> bool:
 
 @pytest.fixture
 def onednn_linear(cpu_backend_on, monkeypatch) -> list[str]:
-    """The candidate route wins every shape class; the list of the classes asked for."""
+    """The (first) candidate route wins every shape class; the list of the classes asked for."""
     keys = []
-    monkeypatch.setattr(cpu, "_choose", lambda key, d, c, name: keys.append(key) or name)
+    monkeypatch.setattr(cpu, "_choose", lambda key, default, candidates: keys.append(key) or next(iter(candidates)))
     return keys
 
 
@@ -180,15 +180,47 @@ def test_blocked_attention_equals_the_fused_kernel(onednn_linear):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.3), rtol=1e-5, atol=1e-5)
 
 
-@needs_onednn
-@pytest.mark.parametrize("case", ["grad", "short", "bias", "dropout", "off"])
+def _ran_fused_kernel(fn) -> bool:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return any("_scaled_dot_product" in e.key for e in prof.key_averages())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True])
+def test_explicit_attention_equals_the_fused_kernel(onednn_linear, dtype, grad):
+    """Short sequences (Twins' 7x7 windows, ViT's 197 tokens) on the explicit route: the fused kernel's values and
+    gradients, in float32 to rounding and in bfloat16 to its precision."""
+    q, k, v = _qkv(49, 49)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).to(dtype).requires_grad_(grad) for t in (q, k, v))
+    refs = [t.detach().clone().requires_grad_(grad) for t in (q, k, v)]
+    with torch.set_grad_enabled(grad):
+        assert not _ran_fused_kernel(lambda: attend(q, k, v, scale=0.3))
+        out = attend(q, k, v, scale=0.3)
+        ref = F.scaled_dot_product_attention(*refs, scale=0.3)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(out, ref, **tol)
+    assert onednn_linear[-1].endswith(("bf16" if dtype == torch.bfloat16 else "x24") + (":grad" if grad else ":infer"))
+    if grad:
+        g = torch.randn_like(out)
+        for got, want in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, refs, g), strict=True):
+            torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("case", ["long grad", "bias", "dropout", "off", "autocast", "float64", "broadcast"])
 def test_other_attention_calls_keep_the_fused_kernel(onednn_linear, case):
     if case == "off":
         cpu.disable()
-    nk = 64 if case == "short" else cpu.MIN_KEYS
-    q, k, v = _qkv(cpu.QUERY_BLOCK, nk, requires_grad=case == "grad")
+    nk = cpu.EXPLICIT_MAX_KEYS + 1 if case == "long grad" else 49
+    q, k, v = _qkv(cpu.QUERY_BLOCK, nk, requires_grad=case == "long grad")
+    if case == "float64":
+        q, k, v = (t.double() for t in (q, k, v))
+    if case == "broadcast":
+        k, v = k[:1], v[:1]
     kwargs = {"bias": torch.zeros(1, nk)} if case == "bias" else {"dropout_p": 0.5} if case == "dropout" else {}
-    assert not _ran_onednn(lambda: attend(q, k, v, **kwargs))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        assert _ran_fused_kernel(lambda: attend(q, k, v, **kwargs))
+    assert not onednn_linear  # no route was even considered
 
 
 @pytest.mark.parametrize(("default_s", "candidate_s", "route"), [(0.0, 0.01, "default"), (0.01, 0.0, "fast")])
@@ -199,13 +231,18 @@ def test_routes_are_chosen_by_measurement_and_cached_on_disk(cpu_backend_on, def
         return lambda: (calls.append(name), time.sleep(seconds))
 
     key = "test:shape"
-    assert cpu._choose(key, timed(default_s, "default"), timed(candidate_s, "fast"), "fast") == route
-    assert cpu._choose(key, timed(0, "default"), timed(0, "fast"), "fast") == route  # cached: not measured again
+    assert cpu._choose(key, timed(default_s, "default"), {"fast": timed(candidate_s, "fast")}) == route
+    assert cpu._choose(key, timed(0, "default"), {"fast": timed(0, "fast")}) == route  # cached: not measured again
     assert len(calls) == 2 * (1 + cpu.CALIBRATION_RUNS)
     assert json.loads(cpu._cache_path().read_text())[key] == route
     cpu._routes.clear()
     cpu._load_disk_cache()  # a new process on this CPU
     assert cpu.route_state() == {key: route}
+
+
+def test_the_fastest_of_several_candidates_is_chosen(cpu_backend_on):
+    routes = {"slow": lambda: time.sleep(0.008), "fast": lambda: time.sleep(0.001)}
+    assert cpu._choose("test:several", lambda: time.sleep(0.01), routes) == "fast"
 
 
 def test_a_loaded_route_state_overrides_what_was_measured(cpu_backend_on):
@@ -233,3 +270,40 @@ def test_torch_compile_sees_each_family_as_one_graph(name, img_size):
         explained = torch._dynamo.explain(model)(torch.randn(1, 3, img_size, img_size))
     assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_route_caches_of_cpus_that_share_a_name_are_apart(tmp_path):
+    """Under KVM, AMD Zen 4 and Zen 5 both read "AMD EPYC": their family numbers keep their calibrations apart."""
+    paths = {}
+    for zen, family in (("zen4", 25), ("zen5", 26)):
+        info = tmp_path / zen
+        info.write_text(f"processor\t: 0\ncpu family\t: {family}\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                        f"stepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 99\n")  # fmt: skip
+        paths[zen] = cpu.cpu_model(str(info))
+    assert paths == {"zen4": "AMD EPYC (family 25, model 17, stepping 1)",
+                     "zen5": "AMD EPYC (family 26, model 17, stepping 1)"}  # fmt: skip
+    assert cpu.cpu_model(str(tmp_path / "missing"))  # no /proc/cpuinfo: still a name to cache under
+
+
+def test_compiled_graphs_may_branch_on_sizes_and_traced_ones_may_not():
+    seen = []
+
+    def f(x):
+        seen.append((cpu.capturing_graph(), cpu.capturing_graph(size_guards=False)))
+        return x + 1
+
+    torch._dynamo.reset()
+    torch.compile(f, backend="eager")(torch.zeros(2))
+    torch.jit.trace(f, torch.zeros(2), check_trace=False)
+    f(torch.zeros(2))
+    assert seen == [(True, False), (True, True), (False, False)]
+
+
+@pytest.mark.parametrize("img_size", [56, 64])  # stage-1 maps 14x14 (whole 7x7 windows) and 16x16 (padded)
+def test_compiled_twins_takes_the_eager_padding_branch_and_equals_eager(img_size):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = glocal.create_model("twins_svt_small", img_size=img_size, depths=(2, 2, 2, 2)).eval()
+    x = torch.randn(1, 3, img_size, img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x), rtol=1e-5, atol=1e-5)

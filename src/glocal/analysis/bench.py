@@ -197,7 +197,7 @@ def bench_model(
     input to bfloat16. ``optimize`` applies :func:`glocal.optimize.optimize_for_inference` (inference only);
     ``freeze`` implies it and also freezes the model to TorchScript for this input shape. ``compile`` runs the
     model through ``torch.compile`` (inductor; the CPU backend's routes step aside inside compiled graphs), compiling
-    during the warm-up.
+    during the warm-up; in inference with inductor's ``freezing`` (weights folded in as constants and prepacked).
     """
     optimize = optimize or freeze
     if mode not in ("infer", "train"):
@@ -221,8 +221,8 @@ def bench_model(
             x_opt = x.to(memory_format=torch.channels_last, dtype=DTYPES[dtype])
             model = optimize_for_inference(model, example=x, dtype=DTYPES[dtype], freeze=freeze, inplace=True)
             x = x_opt
-    if compile:
-        model = torch.compile(model)
+    if compile:  # inference: inductor's freezing folds the weights in as constants, prepacked for oneDNN
+        model = torch.compile(model, options={"freezing": True} if mode == "infer" else None)
     if mode == "infer":
 
         def step() -> None:

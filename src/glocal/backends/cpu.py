@@ -10,14 +10,17 @@ caller's memory layout) until :func:`enable` is called. The ``glocal`` command, 
   x86 CPUs process up to 100x slower.
 * **channels-last input**: :meth:`glocal.models._base.Backbone.prepare_input` hands images to convolutional families
   in NHWC strides, the layout oneDNN's convolutions run 1.2-1.4x faster on.
-* **routes**, for eager float32 CPU tensors outside autocast and graph capture, each chosen per shape class by a
-  short measurement at first use against torch's default (kept only if it is at least ``MARGIN`` faster):
+* **routes**, for eager float32 CPU tensors (and bfloat16 ones, for attention and the fused epilogues) outside
+  autocast and graph capture, each chosen per shape class by a short measurement at first use against torch's
+  default (the fastest candidate, kept only if it is at least ``MARGIN`` faster):
 
   - ``linear``: ``F.linear`` (MKL's sgemm) or oneDNN's GEMM (``torch.ops.mkldnn._linear_pointwise``, the kernel
     ``torch.compile`` uses on CPU), with a backward whose products go there too. On AMD Zen 5 MKL's float32 sgemm
     runs at half of oneDNN's; on Zen 4 and Intel they are within 0-30% either way: hence measured, not assumed.
-  - ``attention`` (inference, long sequences): the fused ``scaled_dot_product_attention`` or the same product on
-    oneDNN's GEMM in blocks of query rows (see :func:`blocked_attention`).
+  - ``attention``: the fused ``scaled_dot_product_attention``, or for short sequences (up to ``EXPLICIT_MAX_KEYS``
+    keys; inference and training, float32 and bfloat16) two batched products and a softmax
+    (:func:`explicit_attention`), or for long float32 inference the same product on oneDNN's GEMM in blocks of query
+    rows (:func:`blocked_attention`).
 
   ``model`` given, its plain ``nn.Linear`` layers are switched to :class:`RoutedLinear` (same class for
   ``isinstance``, same parameters and state dict), whose forward is :func:`linear`: ``F.linear`` while the backend
@@ -54,6 +57,7 @@ __all__ = [
     "cpu_model",
     "disable",
     "enable",
+    "explicit_attention",
     "fast_attention",
     "fusable",
     "is_enabled",
@@ -74,8 +78,12 @@ MIN_ROWS = 64
 # Attention on the blocked route: query blocks of this many rows, from this many keys and queries on.
 QUERY_BLOCK = 256
 MIN_KEYS = 512
-# Calibration: each route timed this many times after one warm-up, the best kept.
-CALIBRATION_RUNS = 3
+# Attention on the explicit route (materialised logits): up to this many keys, where the logits are at most a few
+# times the size of q.
+EXPLICIT_MAX_KEYS = 256
+# Calibration: each route timed this many times (the routes taking turns) after one warm-up, the best kept. With 3
+# runs, one after the other, choices between routes 5-14% apart flipped from one process to the next on AMD Zen 4.
+CALIBRATION_RUNS = 5
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = False
@@ -84,14 +92,15 @@ _routes: dict[str, str] = {}  # shape-class key -> route name
 _lock = threading.Lock()
 
 
-def capturing_graph() -> bool:
-    """Whether a graph is being traced, scripted, compiled or exported (which must hold standard operators)."""
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
+def capturing_graph(*, size_guards: bool = True) -> bool:
+    """Whether a graph is being traced, scripted, compiled or exported (which must hold standard operators).
+
+    ``size_guards=False`` leaves out ``torch.compile`` (outside ``torch.export``): it guards the input sizes it saw and
+    recompiles for others, so code that branches on a size (Twins' LSA padding, T2T-ViT's position table) may take
+    its eager branch there; a trace or an export would freeze that branch into a graph meant for every size."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return True
+    return size_guards and torch.compiler.is_compiling()
 
 
 def is_enabled() -> bool:
@@ -163,16 +172,24 @@ def _eligible(*tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> boo
 # --- route choice ------------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), which route choices are cached under."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as ``/proc/cpuinfo`` names it, with its family, model and stepping numbers, which route choices are
+    cached under: under a hypervisor AMD Zen 4 and Zen 5 both call themselves "AMD EPYC" (family 25 and 26), and
+    their GEMMs differ (MKL's float32 sgemm runs at half of oneDNN's on Zen 5, on par on Zen 4)."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    labels = {"cpu family": "family", "model": "model", "stepping": "stepping"}
+    ids = [f"{label} {fields[k]}" for k, label in labels.items() if fields.get(k)]
+    return f"{name} ({', '.join(ids)})" if ids else name
 
 
 def _cache_path() -> Path:
@@ -204,27 +221,50 @@ def _save_disk_cache() -> None:
         pass
 
 
-def _best_time(fn) -> float:
-    fn()
-    best = math.inf
-    for _ in range(CALIBRATION_RUNS):
-        start = time.perf_counter()
+def _best_times(routes: dict) -> dict[str, float]:
+    """The best of ``CALIBRATION_RUNS`` timed calls of each route (name -> callable), after one warm-up call each;
+    the routes take turns run by run, so that a burst of load from elsewhere hits them alike."""
+    for fn in routes.values():
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = dict.fromkeys(routes, math.inf)
+    for _ in range(CALIBRATION_RUNS):
+        for name, fn in routes.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
-def _choose(key: str, default, candidate, name: str) -> str:
-    """The cached route of ``key``, or the faster of torch's ``default`` and ``candidate`` (by ``MARGIN``)."""
+def _choose(key: str, default, candidates: dict) -> str:
+    """The cached route of ``key``, or the fastest of ``candidates`` (route name -> callable) if it is at least
+    ``MARGIN`` faster than torch's ``default``; ``"default"`` otherwise."""
     route = _routes.get(key)
     if route is None:
         with torch.no_grad() if "grad" not in key else torch.enable_grad():
-            t_default, t_candidate = _best_time(default), _best_time(candidate)
-        route = name if t_candidate < (1 - MARGIN) * t_default else "default"
+            timed = _best_times({"default": default, **candidates})
+        t_default = timed.pop("default")
+        best = min(timed, key=timed.get)
+        route = best if timed[best] < (1 - MARGIN) * t_default else "default"
         with _lock:
             _routes[key] = route
         _save_disk_cache()
     return route
+
+
+def _calibration_step(fn, grad: bool):
+    """A step to time for a route: ``fn()`` and, with ``grad``, its backward from a dense output gradient. (A
+    ``sum()``'s gradient is an expanded view with zero strides, which sends batched-product backwards down a slow
+    path: the explicit attention's backward looked no faster than the fused kernel's, where it is 1.5-1.8x.)"""
+    seed: list[torch.Tensor] = []
+
+    def step() -> None:
+        out = fn()
+        if grad:
+            if not seed:
+                seed.append(torch.ones_like(out))
+            out.backward(seed[0])
+
+    return step
 
 
 def route_state() -> dict[str, str]:
@@ -292,16 +332,10 @@ def _calibrate_linear(key: str, x2d: torch.Tensor, weight: torch.Tensor, bias: t
     w = weight.detach().clone().requires_grad_(grad)
     b = None if bias is None else bias.detach().clone().requires_grad_(grad)
 
-    def run(fn):
-        def step():
-            y = fn()
-            if grad:
-                y.sum().backward()
-
-        return step
-
     return _choose(
-        key, run(lambda: F.linear(xs, w, b)), run(lambda: _onednn_linear(xs.contiguous(), w, b, grad)), "onednn"
+        key,
+        _calibration_step(lambda: F.linear(xs, w, b), grad),
+        {"onednn": _calibration_step(lambda: _onednn_linear(xs.contiguous(), w, b, grad), grad)},
     )
 
 
@@ -361,7 +395,7 @@ def linear_gelu(
             return torch.ops.mkldnn._linear_pointwise(xc, weight, bias, "gelu", [], approximate)
 
         route = _routes.get(key) or _choose(
-            key, lambda: F.gelu(F.linear(x2d, weight, bias), approximate=approximate), fused, "onednn"
+            key, lambda: F.gelu(F.linear(x2d, weight, bias), approximate=approximate), {"onednn": fused}
         )
         if route == "onednn":
             return fused().reshape(*x.shape[:-1], weight.shape[0])
@@ -381,7 +415,7 @@ def linear_add(
         def fused() -> torch.Tensor:
             return torch.ops.mkldnn._linear_pointwise.binary(xc, other, weight, bias, "add")
 
-        route = _routes.get(key) or _choose(key, lambda: residual + F.linear(x, weight, bias), fused, "onednn")
+        route = _routes.get(key) or _choose(key, lambda: residual + F.linear(x, weight, bias), {"onednn": fused})
         if route == "onednn":
             return fused().reshape(residual.shape)
     return residual + linear(x, weight, bias)
@@ -419,19 +453,50 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return out
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v as two batched products and a softmax over the materialised (Nq, Nk) logits, with
+    autograd's own backward.
+
+    For short sequences torch's fused CPU kernel spends its time on per-block set-up rather than on the products: on
+    AMD Zen 4 (2 threads) this form ran Twins-SVT's 7x7 windows (49 keys, head width 32) 1.35-1.9x faster in
+    float32 and bfloat16, inference and training step, and ViT-S/16's heads (197 keys, width 64) 1.9x faster in
+    bfloat16 inference, and equal in float32; at 640 px (1601 keys) it is 2x slower in training. In bfloat16 the
+    logits are rounded to bfloat16 before the softmax (which accumulates in float32), as an autocast model's
+    explicit attention does.
+    """
+    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+
 def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
-    """The attention of a long float32 CPU inference call on the blocked route where that measured faster than the
-    fused kernel; None where the caller should run torch's fused kernel."""
-    if not _eligible(q, k, v) or k.shape[-2] < MIN_KEYS or q.shape[-2] < QUERY_BLOCK:
+    """The attention of an eager CPU call (float32 or bfloat16, no mask, no dropout) on a route that measured faster
+    than the fused kernel for its shape class: :func:`explicit_attention` for up to ``EXPLICIT_MAX_KEYS`` keys
+    (inference and training), :func:`blocked_attention` for long float32 inference. None where the caller should
+    run torch's fused kernel."""
+    if not (_eligible(q, k, v) or _eligible(q, k, v, dtype=torch.bfloat16)):
         return None
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if not (q.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]):  # no broadcasting over batch or heads
         return None
     B, heads, nq, d = q.shape
-    key = f"attention:{_rows_class(B * heads)}x{_rows_class(nq)}x{_rows_class(k.shape[-2])}x{d}x{v.shape[-1]}"
-    route = _routes.get(key) or _choose(
-        key,
-        lambda: F.scaled_dot_product_attention(q, k, v, scale=scale),
-        lambda: blocked_attention(q, k, v, scale),
-        "blocked",
+    nk = k.shape[-2]
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    candidates = {}
+    if nk <= EXPLICIT_MAX_KEYS:
+        candidates["explicit"] = explicit_attention
+    if not grad and q.dtype == torch.float32 and nk >= MIN_KEYS and nq >= QUERY_BLOCK:
+        candidates["blocked"] = blocked_attention
+    if not candidates:
+        return None
+    key = (
+        f"attention:{_rows_class(B * heads)}x{_rows_class(nq)}x{_rows_class(nk)}x{d}x{v.shape[-1]}{_tag(q)}"
+        f":{'grad' if grad else 'infer'}"
     )
-    return blocked_attention(q, k, v, scale) if route == "blocked" else None
+    route = _routes.get(key)
+    if route is None:
+        qs, ks, vs = (t.detach().clone().requires_grad_(grad) for t in (q, k, v))
+        route = _choose(
+            key,
+            _calibration_step(lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale), grad),
+            {name: _calibration_step(lambda fn=fn: fn(qs, ks, vs, scale), grad) for name, fn in candidates.items()},
+        )
+    fn = candidates.get(route)
+    return None if fn is None else fn(q, k, v, scale)

@@ -52,7 +52,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--optimize", action="store_true", help="inference: fold BN, channels-last (glocal.optimize)")
     p.add_argument("--freeze", action="store_true", help="inference: --optimize, then freeze to TorchScript")
     p.add_argument(
-        "--compile", action="store_true", help="run through torch.compile (inductor); compiles during the warm-up"
+        "--compile",
+        action="store_true",
+        help="run through torch.compile (inductor; inference: with freezing); compiles during the warm-up",
     )
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--runs", type=int, default=10, help="timed iterations; the median is reported")

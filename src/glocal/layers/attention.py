@@ -68,7 +68,7 @@ def _fused(q, k, v, bias: torch.Tensor | None, scale: float, dropout_p: float) -
     # BoTNet's channel-major projections) silently runs the math kernel, which materialises the N x N map.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale)) is not None:
-        return out  # the CPU backend's blocked route, where it is on and measured faster
+        return out  # the CPU backend's explicit or blocked route, where it is on and measured faster
     if bias is not None:
         bias = bias.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)

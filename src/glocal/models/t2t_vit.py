@@ -313,9 +313,9 @@ class T2TViT(PlainTransformer):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.prepare_input(x)
         x, size = self.tokens_to_token(x)  # (B, h*w, C)
-        # Traced, compiled and exported graphs always build the table (equal to the stored one at the configured
-        # grid), so they are not frozen to the traced grid.
-        if size == self.grid_size and not capturing_graph():
+        # Traced, scripted and exported graphs always build the table (equal to the stored one at the configured
+        # grid), so they are not frozen to the traced grid; torch.compile guards on the size and takes the stored one.
+        if size == self.grid_size and not capturing_graph(size_guards=False):
             pos = self.pos_embed  # (1, 1 + h*w, C)
         else:
             pos = sinusoid_table(1 + size[0] * size[1], x.shape[-1]).to(x)  # (1, 1 + h*w, C)

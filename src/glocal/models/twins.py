@@ -107,9 +107,10 @@ class LocallyGroupedAttention(MultiHeadAttention):
         pad_h, pad_w = Hp - H, Wp - W
         x = x.reshape(B, H, W, C)  # (B, H, W, C)
         bias = None
-        # Captured graphs (traced, scripted, compiled, exported) always pad and mask (by zero when the map divides,
-        # changing nothing), so they hold no branch on the input size; eager code skips padding when the map divides.
-        if capturing_graph() or pad_h or pad_w:
+        # Traced, scripted and exported graphs always pad and mask (by zero when the map divides, changing nothing),
+        # so they hold no branch on the input size; eager code and torch.compile (which guards on the size) skip
+        # padding when the map divides, and keep the flash kernel (a mask sends SDPA to a slower one).
+        if capturing_graph(size_guards=False) or pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
             bias = self._padding_bias(H, W, rows, cols, x.device).repeat(B, 1, 1, 1)  # (B*windows, 1, 1, ws*ws)
         x = x.reshape(B, rows, ws, cols, ws, C).transpose(2, 3)  # (B, rows, cols, ws, ws, C)
