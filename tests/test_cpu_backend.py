@@ -211,7 +211,7 @@ def test_explicit_attention_equals_the_fused_kernel(onednn_linear, dtype, grad):
 def test_other_attention_calls_keep_the_fused_kernel(onednn_linear, case):
     if case == "off":
         cpu.disable()
-    nk = cpu.EXPLICIT_MAX_KEYS + 1 if case == "long grad" else 49
+    nk = cpu.EXPLICIT_MAX_KEYS_TRAINING + 1 if case == "long grad" else 49
     q, k, v = _qkv(cpu.QUERY_BLOCK, nk, requires_grad=case == "long grad")
     if case == "float64":
         q, k, v = (t.double() for t in (q, k, v))

@@ -79,8 +79,11 @@ MIN_ROWS = 64
 QUERY_BLOCK = 256
 MIN_KEYS = 512
 # Attention on the explicit route (materialised logits): up to this many keys, where the logits are at most a few
-# times the size of q.
+# times the size of q; in training, which keeps the map for the backward, up to the second bound (Twins' 49-key
+# windows and sub-sampled keys gain 1.35-1.8x per call; ViT-S/16's 197 keys gained nothing measurable and would
+# keep 60 MB more per block at batch 64).
 EXPLICIT_MAX_KEYS = 256
+EXPLICIT_MAX_KEYS_TRAINING = 64
 # Calibration: each route timed this many times (the routes taking turns) after one warm-up, the best kept. With 3
 # runs, one after the other, choices between routes 5-14% apart flipped from one process to the next on AMD Zen 4.
 CALIBRATION_RUNS = 5
@@ -462,7 +465,9 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     float32 and bfloat16, inference and training step, and ViT-S/16's heads (197 keys, width 64) 1.9x faster in
     bfloat16 inference, and equal in float32; at 640 px (1601 keys) it is 2x slower in training. In bfloat16 the
     logits are rounded to bfloat16 before the softmax (which accumulates in float32), as an autocast model's
-    explicit attention does.
+    explicit attention does. In training it keeps the (B, heads, Nq, Nk) map for the backward where the fused kernel
+    keeps its output and log-sum-exp (ViT-S/16 at batch 64: 60 MB per block more), hence a lower bound on the keys
+    there.
     """
     return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
@@ -470,8 +475,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
 def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
     """The attention of an eager CPU call (float32 or bfloat16, no mask, no dropout) on a route that measured faster
     than the fused kernel for its shape class: :func:`explicit_attention` for up to ``EXPLICIT_MAX_KEYS`` keys
-    (inference and training), :func:`blocked_attention` for long float32 inference. None where the caller should
-    run torch's fused kernel."""
+    (``EXPLICIT_MAX_KEYS_TRAINING`` in training), :func:`blocked_attention` for long float32 inference. None where
+    the caller should run torch's fused kernel."""
     if not (_eligible(q, k, v) or _eligible(q, k, v, dtype=torch.bfloat16)):
         return None
     if not (q.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]):  # no broadcasting over batch or heads
@@ -480,7 +485,7 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     nk = k.shape[-2]
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     candidates = {}
-    if nk <= EXPLICIT_MAX_KEYS:
+    if nk <= (EXPLICIT_MAX_KEYS_TRAINING if grad else EXPLICIT_MAX_KEYS):
         candidates["explicit"] = explicit_attention
     if not grad and q.dtype == torch.float32 and nk >= MIN_KEYS and nq >= QUERY_BLOCK:
         candidates["blocked"] = blocked_attention
