@@ -2,8 +2,9 @@
 
 Both glocal variants run on the CPU backend with the same calibrated routes except the one under test, which the
 "off" variant cannot take: ``--route fused`` has ``glocal.backends.cpu.fusable`` answer False (the MLPs call
-``fc1``, GELU, ``fc2`` and the residual addition one by one); ``--route explicit`` sets ``EXPLICIT_MAX_KEYS`` to
--1 (every attention call runs the fused kernel, or the blocked route where that was chosen). Interleaved rounds,
+``fc1``, GELU, ``fc2`` and the residual addition one by one); ``--route explicit`` sets ``EXPLICIT_MAX_KEYS`` and
+``EXPLICIT_MAX_KEYS_TRAINING`` to -1 (every attention call runs the fused kernel, or the blocked route where that was
+chosen). Interleaved rounds,
 median img/s and the ratio on / off; ``--dtype bf16`` casts the models to bfloat16 (inference).
 
     PYTHONPATH=src:/tmp/peers_pkgs python benchmarks/routes.py vit_small_patch16_224 --route fused --rounds 7
@@ -14,10 +15,10 @@ median img/s and the ratio on / off; ``--dtype bf16`` casts the models to bfloat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -28,21 +29,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compare_peers import TIMM_NAMES, import_timm, interleaved, make_step  # noqa: E402 (a sibling script)
 
 
-@contextlib.contextmanager
 def route_off(route: str):
     """The backend without ``route`` for the duration of the block."""
     if route == "fused":
-        saved, cpu_backend.fusable = cpu_backend.fusable, lambda *modules: False
-        try:
-            yield
-        finally:
-            cpu_backend.fusable = saved
-    else:
-        saved, cpu_backend.EXPLICIT_MAX_KEYS = cpu_backend.EXPLICIT_MAX_KEYS, -1
-        try:
-            yield
-        finally:
-            cpu_backend.EXPLICIT_MAX_KEYS = saved
+        return mock.patch.object(cpu_backend, "fusable", lambda *modules: False)
+    return mock.patch.multiple(cpu_backend, EXPLICIT_MAX_KEYS=-1, EXPLICIT_MAX_KEYS_TRAINING=-1)
 
 
 def without(route: str, step):

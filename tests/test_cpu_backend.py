@@ -299,11 +299,24 @@ def test_compiled_graphs_may_branch_on_sizes_and_traced_ones_may_not():
     assert seen == [(True, False), (True, True), (False, False)]
 
 
-@pytest.mark.parametrize("img_size", [56, 64])  # stage-1 maps 14x14 (whole 7x7 windows) and 16x16 (padded)
-def test_compiled_twins_takes_the_eager_padding_branch_and_equals_eager(img_size):
+# Stage maps 14, 7, 3, 1 (the first two whole 7x7 windows) and 16, 8, 4, 2 (every stage padded).
+@pytest.mark.parametrize(("img_size", "unpadded"), [(56, 2), (64, 0)])
+def test_compiled_twins_pads_only_where_eager_does_and_equals_eager(img_size, unpadded, monkeypatch):
+    from glocal.models.twins import LocallyGroupedAttention
+
+    padded = []
+    bias = LocallyGroupedAttention._padding_bias
+    monkeypatch.setattr(
+        LocallyGroupedAttention, "_padding_bias", lambda self, *a: padded.append(a[:2]) or bias(self, *a)
+    )
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = glocal.create_model("twins_svt_small", img_size=img_size, depths=(2, 2, 2, 2)).eval()
     x = torch.randn(1, 3, img_size, img_size)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x), rtol=1e-5, atol=1e-5)
+        eager = model(x)
+        eager_padded, padded[:] = list(padded), []
+        compiled = torch.compile(model, backend="eager")(x)
+    assert padded == eager_padded  # the maps that eager code pads (traced once), no others
+    assert len(eager_padded) == 4 - unpadded  # one LSA block per stage
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -18,8 +18,8 @@ caller's memory layout) until :func:`enable` is called. The ``glocal`` command, 
     ``torch.compile`` uses on CPU), with a backward whose products go there too. On AMD Zen 5 MKL's float32 sgemm
     runs at half of oneDNN's; on Zen 4 and Intel they are within 0-30% either way: hence measured, not assumed.
   - ``attention``: the fused ``scaled_dot_product_attention``, or for short sequences (up to ``EXPLICIT_MAX_KEYS``
-    keys; inference and training, float32 and bfloat16) two batched products and a softmax
-    (:func:`explicit_attention`), or for long float32 inference the same product on oneDNN's GEMM in blocks of query
+    keys; inference and training, float32 and bfloat16) the caller's explicit path (two batched products and a
+    softmax; :func:`fast_attention`), or for long float32 inference the same product on oneDNN's GEMM in blocks of query
     rows (:func:`blocked_attention`).
 
   ``model`` given, its plain ``nn.Linear`` layers are switched to :class:`RoutedLinear` (same class for
@@ -57,7 +57,6 @@ __all__ = [
     "cpu_model",
     "disable",
     "enable",
-    "explicit_attention",
     "fast_attention",
     "fusable",
     "is_enabled",
@@ -80,8 +79,8 @@ QUERY_BLOCK = 256
 MIN_KEYS = 512
 # Attention on the explicit route (materialised logits): up to this many keys, where the logits are at most a few
 # times the size of q; in training, which keeps the map for the backward, up to the second bound (Twins' 49-key
-# windows and sub-sampled keys gain 1.35-1.8x per call; ViT-S/16's 197 keys gained nothing measurable and would
-# keep 60 MB more per block at batch 64).
+# windows gain 1.5-2.0x per forward + backward; ViT-S/16's 197 keys gained nothing measurable in a whole training
+# step and would keep 64 x 6 x 197 x 197 floats (60 MB) more per block at batch 64).
 EXPLICIT_MAX_KEYS = 256
 EXPLICIT_MAX_KEYS_TRAINING = 64
 # Calibration: each route timed this many times (the routes taking turns) after one warm-up, the best kept. With 3
@@ -456,27 +455,20 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return out
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v as two batched products and a softmax over the materialised (Nq, Nk) logits, with
-    autograd's own backward.
-
-    For short sequences torch's fused CPU kernel spends its time on per-block set-up rather than on the products: on
-    AMD Zen 4 (2 threads) this form ran Twins-SVT's 7x7 windows (49 keys, head width 32) 1.35-1.9x faster in
-    float32 and bfloat16, inference and training step, and ViT-S/16's heads (197 keys, width 64) 1.9x faster in
-    bfloat16 inference, and equal in float32; at 640 px (1601 keys) it is 2x slower in training. In bfloat16 the
-    logits are rounded to bfloat16 before the softmax (which accumulates in float32), as an autocast model's
-    explicit attention does. In training it keeps the (B, heads, Nq, Nk) map for the backward where the fused kernel
-    keeps its output and log-sum-exp (ViT-S/16 at batch 64: 60 MB per block more), hence a lower bound on the keys
-    there.
-    """
-    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-
-
-def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, explicit) -> torch.Tensor | None:
     """The attention of an eager CPU call (float32 or bfloat16, no mask, no dropout) on a route that measured faster
-    than the fused kernel for its shape class: :func:`explicit_attention` for up to ``EXPLICIT_MAX_KEYS`` keys
-    (``EXPLICIT_MAX_KEYS_TRAINING`` in training), :func:`blocked_attention` for long float32 inference. None where
-    the caller should run torch's fused kernel."""
+    than the fused kernel for its shape class; None where the caller should run torch's fused kernel. The routes:
+
+    - ``explicit`` (the caller's explicit path, ``explicit(q, k, v, scale)``: the logits materialised, two batched
+      products and a softmax, autograd's own backward), for up to ``EXPLICIT_MAX_KEYS`` keys
+      (``EXPLICIT_MAX_KEYS_TRAINING`` in training). For short sequences torch's fused CPU kernel spends its time on
+      per-block set-up rather than on the products: on AMD Zen 4 (2 threads) the explicit form ran Twins-SVT's 7x7
+      windows (49 keys, head width 32) 1.35-1.9x faster at inference in float32 and bfloat16 and 1.5-2.0x per
+      forward + backward, ViT-S/16's heads (197 keys, width 64) 1.9x faster in bfloat16 inference and equal in
+      float32; at 640 px (1601 keys) it is 2x slower in training. In training it keeps the (B, heads, Nq, Nk) map
+      for the backward where the fused kernel keeps its output and log-sum-exp, hence the lower bound there.
+    - ``blocked`` (:func:`blocked_attention`), for long float32 inference.
+    """
     if not (_eligible(q, k, v) or _eligible(q, k, v, dtype=torch.bfloat16)):
         return None
     if not (q.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]):  # no broadcasting over batch or heads
@@ -486,7 +478,7 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     candidates = {}
     if nk <= (EXPLICIT_MAX_KEYS_TRAINING if grad else EXPLICIT_MAX_KEYS):
-        candidates["explicit"] = explicit_attention
+        candidates["explicit"] = explicit
     if not grad and q.dtype == torch.float32 and nk >= MIN_KEYS and nq >= QUERY_BLOCK:
         candidates["blocked"] = blocked_attention
     if not candidates:

@@ -54,10 +54,16 @@ def attend(
             q, k, v, dv = _fold_factors(q, k, v, scale, *bias_factors)
             return _fused(q, k, v, None, 1.0, dropout_p)[..., :dv]
         return _fused(q, k, v, bias, scale, dropout_p)
-    logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
     if bias_factors is not None:
         a, b = bias_factors
         bias = a @ b.transpose(-2, -1)  # (B, heads, Nq, Nk)
+    return _explicit(q, k, v, scale, bias, probe, dropout_p)
+
+
+def _explicit(q, k, v, scale: float, bias=None, probe: AttentionProbe | None = None, dropout_p: float = 0.0):
+    """The explicit path: the (B, heads, Nq, Nk) logits materialised, the softmax through ``probe``. Also the CPU
+    backend's explicit route for short unobserved sequences (:func:`glocal.backends.cpu.fast_attention`)."""
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
     return _softmax_probe_matmul(logits, v, probe, dropout_p)
@@ -67,7 +73,7 @@ def _fused(q, k, v, bias: torch.Tensor | None, scale: float, dropout_p: float) -
     # torch's CPU flash kernel takes only inputs whose head dimension is contiguous; any other stride (NL's and
     # BoTNet's channel-major projections) silently runs the math kernel, which materialises the N x N map.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale)) is not None:
+    if bias is None and dropout_p == 0.0 and (out := fast_attention(q, k, v, scale, _explicit)) is not None:
         return out  # the CPU backend's explicit or blocked route, where it is on and measured faster
     if bias is not None:
         bias = bias.to(q.dtype)
@@ -98,7 +104,8 @@ def attend_logits(
 def _softmax_probe_matmul(
     logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float
 ) -> torch.Tensor:
-    attn = _softmax_in_memory_order(logits.to(torch.promote_types(logits.dtype, torch.float32))).to(v.dtype)
+    # At least float32 inside the softmax (the cast folded into its kernel: no float32 copy of the logits).
+    attn = _softmax_in_memory_order(logits, torch.promote_types(logits.dtype, torch.float32)).to(v.dtype)
     if probe is not None:
         attn = probe(attn)
     if dropout_p > 0.0:
@@ -106,8 +113,9 @@ def _softmax_probe_matmul(
     return attn @ v
 
 
-def _softmax_in_memory_order(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.softmax(-1)``, computed on the tensor as it lies in memory and returned in the same layout.
+def _softmax_in_memory_order(logits: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``logits.softmax(-1, dtype=dtype)``, computed on the tensor as it lies in memory and returned in the same
+    layout.
 
     Torch's CPU kernel runs a short contiguous last axis row by row, 40-60x slower than the same softmax across a long
     inner axis (VOLO's outlook attention: 9 keys per row, ``benchmarks/outlook_attention.py``); a caller that stores
@@ -115,12 +123,12 @@ def _softmax_in_memory_order(logits: torch.Tensor) -> torch.Tensor:
     call.
     """
     if logits.is_contiguous():
-        return logits.softmax(dim=-1)
+        return logits.softmax(dim=-1, dtype=dtype)
     order = sorted(range(logits.ndim), key=lambda d: logits.stride(d), reverse=True)  # outermost axis first
     stored = logits.permute(order)
     if not stored.is_contiguous():  # overlapping or gapped strides: no memory order to follow
-        return logits.softmax(dim=-1)
-    attn = stored.softmax(dim=order.index(logits.ndim - 1))
+        return logits.softmax(dim=-1, dtype=dtype)
+    attn = stored.softmax(dim=order.index(logits.ndim - 1), dtype=dtype)
     return attn.permute(sorted(range(logits.ndim), key=order.__getitem__))  # back to the caller's axis order
 
 
