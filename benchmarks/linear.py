@@ -1,5 +1,7 @@
-"""float32 linear layers on CPU: ``F.linear`` (MKL's sgemm) against the CPU backend's oneDNN route, forward and
-backward (the backend takes the route only for shape classes where its calibration measured it faster).
+"""float32 linear layers on CPU: torch's kernels (MKL's sgemm) against the CPU backend's oneDNN products, for the
+forward product, the same on a weight packed once (a frozen inference model's, :func:`glocal.backends.cpu.
+freeze_weights`) and the backward products (the backend routes the forward and the backward of each shape class
+separately, each only where its calibration measured oneDNN faster).
 
 The shapes are the linear layers of the transformers at batch 8 and 224 px (rows = batch x tokens): ViT-S/16's
 qkv, fc1 and fc2, Twins-SVT-S's first-stage fc1 and VOLO-D1's outlooker value projection. Prints ms per call and
@@ -44,17 +46,16 @@ def timed(fn, repeats: int) -> float:
 
 
 def _passes(rows: int, k: int, n: int) -> dict[str, tuple]:
-    """label -> (F.linear call, glocal call, FLOPs of one call) for a (rows, k) x (n, k)^T product."""
-    x = torch.randn(rows, k, requires_grad=True)
-    w = torch.randn(n, k, requires_grad=True)
-    b = torch.randn(n, requires_grad=True)
-    g = torch.randn(rows, n)
+    """label -> (torch's call, glocal's call, FLOPs of one call) for a (rows, k) x (n, k)^T product."""
+    x, w, b, g = torch.randn(rows, k), torch.randn(n, k), torch.randn(n), torch.randn(rows, n)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, cpu.MIN_ROWS)
     return {
-        "forward": (lambda: F.linear(x, w, b), lambda: cpu._onednn_linear(x, w, b, grad=True), 2 * rows * k * n),
-        "fwd+bwd": (
-            lambda: F.linear(x, w, b).backward(g),
-            lambda: cpu._onednn_linear(x, w, b, grad=True).backward(g),
-            6 * rows * k * n,
+        "forward": (lambda: F.linear(x, w, b), lambda: cpu.onednn_gemm(x, w, b), 2 * rows * k * n),
+        "packed": (lambda: F.linear(x, w, b), lambda: cpu.onednn_gemm(x, packed, b), 2 * rows * k * n),
+        "backward": (
+            lambda: cpu._backward_products(g, x, w, onednn=False),
+            lambda: cpu._backward_products(g, x, w, onednn=True),
+            4 * rows * k * n,
         ),
     }
 
@@ -74,14 +75,13 @@ def main() -> int:
         return 1
     malloc = "system malloc" if args.system_malloc else "freed memory kept"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {args.repeats}, {malloc}")
-    print(f"{'layer':20s} {'pass':9s} {'F.linear ms':>12s} {'glocal ms':>10s} {'GFLOP/s':>15s} {'speed-up':>8s}")
+    print(f"{'layer':20s} {'pass':9s} {'torch ms':>12s} {'glocal ms':>10s} {'GFLOP/s':>15s} {'speed-up':>8s}")
     for name, (rows, k, n) in SHAPES.items():
         for label, (reference, ours, flops) in _passes(rows, k, n).items():
-            with torch.no_grad() if label == "forward" else torch.enable_grad():
-                for fn in (reference, ours):
-                    fn()  # warm-up
-                t_ref = timed(reference, args.repeats)
-                t_ours = timed(ours, args.repeats)
+            for fn in (reference, ours):
+                fn()  # warm-up
+            t_ref = timed(reference, args.repeats)
+            t_ours = timed(ours, args.repeats)
             rates = f"{flops / t_ref / 1e9:.0f} / {flops / t_ours / 1e9:.0f}"
             print(f"{name:20s} {label:9s} {1e3 * t_ref:12.2f} {1e3 * t_ours:10.2f} {rates:>15s} {t_ref / t_ours:8.2f}")
     return 0

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 import glocal
 from glocal.backends import cpu
 from glocal.layers.attention import attend
+from glocal.optimize import optimize_for_inference
 
 needs_onednn = pytest.mark.skipif(not cpu._ONEDNN, reason="this torch build has no oneDNN linear kernel")
 
@@ -57,15 +58,20 @@ def test_enable_routes_linear_layers_keeping_parameters_and_state_dict():
 
 
 @needs_onednn
+@pytest.mark.parametrize("routes", [("onednn", "onednn"), ("onednn", "default"), ("default", "onednn")])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [2 * cpu.MIN_ROWS, 8 * 160])  # the weight gradient on oneDNN, then on MKL (long sum)
-def test_onednn_linear_values_and_gradients_equal_f_linear(onednn_linear, bias, rows):
+def test_onednn_linear_values_and_gradients_equal_f_linear(onednn_linear, routes, bias, rows):
+    """Forward product and backward products on oneDNN, each alone and both: F.linear's values and gradients."""
     torch.manual_seed(0)
+    forward, backward = routes
+    cpu._routes[f"linear:{cpu._rows_class(rows)}x96x160:infer"] = forward
+    cpu._routes[f"linear:{cpu._rows_class(rows)}x96x160:backward"] = backward
     layer = cpu.enable(nn.Linear(96, 160, bias=bias))
     x = torch.randn(4, rows // 4, 96).transpose(0, 1)  # (rows / 4, 4, 96): non-contiguous
     x_ref = x.detach().clone().requires_grad_()
     x.requires_grad_()
-    assert _ran_onednn(lambda: layer(x))
+    assert _ran_onednn(lambda: layer(x).sum().backward())
     y = layer(x)
     y_ref = F.linear(x_ref, layer.weight, layer.bias)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -74,6 +80,50 @@ def test_onednn_linear_values_and_gradients_equal_f_linear(onednn_linear, bias, 
     grads_ref = torch.autograd.grad(y_ref, [x_ref, *layer.parameters()], g)
     for got, want in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_weights_are_packed_once_and_repacked_when_updated(onednn_linear, dtype):
+    """Inference on a frozen weight reads oneDNN's packed copy, made once; an update in place or a new ``.data``
+    (a cast) is seen, and the result stays F.linear's."""
+    torch.manual_seed(0)
+    layer = cpu.enable(nn.Linear(64, 96).to(dtype))
+    x = torch.randn(2 * cpu.MIN_ROWS, 64, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    with torch.inference_mode():
+        layer(x)
+        assert layer.weight not in cpu._frozen  # not frozen: not packed
+        cpu.freeze_weights(layer)
+        assert _ran_onednn(lambda: layer(x))
+        packed = cpu._frozen[layer.weight][1]
+        assert packed.is_mkldnn
+        layer(x)
+        assert cpu._frozen[layer.weight][1] is packed  # packed once
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **tol)
+        layer.weight.mul_(-2)  # an update in place
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **tol)
+        assert cpu._frozen[layer.weight][1] is not packed
+    layer.double().to(dtype)  # new .data
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **tol)
+    assert onednn_linear[-1].endswith((":bf16" if dtype == torch.bfloat16 else "x96") + ":infer")
+
+
+def test_optimize_for_inference_freezes_the_copy_not_the_model():
+    model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
+    optimized = optimize_for_inference(model, example=torch.randn(1, 3, 32, 32))
+    linears = [m for m in optimized.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(m.weight in cpu._frozen for m in linears)
+    assert not any(m.weight in cpu._frozen for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@needs_onednn
+def test_bfloat16_training_takes_f_linear(onednn_linear):
+    layer = cpu.enable(nn.Linear(32, 32).bfloat16())
+    x = torch.randn(2 * cpu.MIN_ROWS, 32, dtype=torch.bfloat16)
+    assert not _ran_onednn(lambda: layer(x).sum().backward())
+    assert not onednn_linear
 
 
 @needs_onednn

@@ -10,6 +10,10 @@
   on CPU and tensor cores on GPU.
 * **dtype**: cast the weights (``torch.bfloat16`` runs the AVX512-BF16/AMX kernels on recent CPUs); the caller casts
   the input to match.
+* **constant weights**: the linear weights are declared constant to the CPU backend
+  (:func:`glocal.backends.cpu.freeze_weights`), whose oneDNN inference products then read them in a layout packed
+  once (a second copy of each linear weight); change them in place (``copy_``, ``load_state_dict``), not through
+  ``.data``.
 * **freeze** (opt-in): trace the model on the example with TorchScript, freeze it (weights become constants) and run
   ``torch.jit.optimize_for_inference``, which on CPU hands convolutions to oneDNN with prepacked weights and fused
   ReLU/add: about 1.5-2x for the convolutional families on CPU, little for transformers. The result is a
@@ -27,6 +31,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from glocal.backends import cpu as cpu_backend
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
@@ -138,6 +144,7 @@ def optimize_for_inference(
         model.to(memory_format=torch.channels_last)
     if dtype is not None:
         model.to(dtype)
+    cpu_backend.freeze_weights(model)  # the CPU backend's inference products may pack the weights once
     if freeze:
         example = example.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         with warnings.catch_warnings(), torch.no_grad():

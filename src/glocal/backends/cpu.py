@@ -15,8 +15,11 @@ caller's memory layout) until :func:`enable` is called. The ``glocal`` command, 
   default (the fastest candidate, kept only if it is at least ``MARGIN`` faster):
 
   - ``linear``: ``F.linear`` (MKL's sgemm) or oneDNN's GEMM (``torch.ops.mkldnn._linear_pointwise``, the kernel
-    ``torch.compile`` uses on CPU), with a backward whose products go there too. On AMD Zen 5 MKL's float32 sgemm
-    runs at half of oneDNN's; on Zen 4 and Intel they are within 0-30% either way: hence measured, not assumed.
+    ``torch.compile`` uses on CPU), chosen separately for the forward product (float32; bfloat16 in inference) and
+    for the backward's two products (training): on AMD Zen 4 oneDNN's forward product ran ViT-S's layers 1.1-1.3x
+    faster than MKL's and its backward products 0.8-0.9x as fast. On AMD Zen 5 MKL's float32 sgemm runs at half of
+    oneDNN's; on Intel they are within 0-30% either way: hence measured, not assumed. Weights declared constant
+    (:func:`freeze_weights`; :func:`glocal.optimize.optimize_for_inference` does) are packed once in oneDNN's layout.
   - ``attention``: the fused ``scaled_dot_product_attention``, or for short sequences (up to ``EXPLICIT_MAX_KEYS``
     keys; inference and training, float32 and bfloat16) the caller's explicit path (two batched products and a
     softmax; :func:`fast_attention`), or for long float32 inference the same product on oneDNN's GEMM in blocks of query
@@ -46,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
+from torch.utils.weak import WeakIdKeyDictionary
 
 from glocal.runtime import keep_freed_memory
 
@@ -58,6 +62,7 @@ __all__ = [
     "disable",
     "enable",
     "fast_attention",
+    "freeze_weights",
     "fusable",
     "is_enabled",
     "linear",
@@ -92,6 +97,7 @@ _enabled = False
 _declined = False  # disable() was called: use_by_default() leaves the backend off
 _routes: dict[str, str] = {}  # shape-class key -> route name
 _lock = threading.Lock()
+_frozen = WeakIdKeyDictionary()  # weight -> None, or ((version, address, dtype, shape), oneDNN-packed copy)
 
 
 def capturing_graph(*, size_guards: bool = True) -> bool:
@@ -300,60 +306,110 @@ def onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 WEIGHT_GRAD_ROWS_PER_WIDTH = 4
 
 
-class _OneDNNLinear(torch.autograd.Function):
+def _backward_products(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, onednn: bool, need_x: bool = True, need_w: bool = True
+):
+    """The input and weight gradients of ``x (M, K) @ weight (N, K)^T`` from ``grad`` (M, N) (contiguous), on
+    oneDNN or on torch's ``mm`` (MKL)."""
+    grad_x = grad_w = None
+    if need_x:
+        grad_x = onednn_gemm(grad, weight.t().contiguous()) if onednn else grad.mm(weight)  # (M, K)
+    if need_w:
+        rows, k = x.shape
+        if onednn and rows <= WEIGHT_GRAD_ROWS_PER_WIDTH * max(k, grad.shape[1]):
+            grad_w = onednn_gemm(grad.t().contiguous(), x.t().contiguous())  # (N, K)
+        else:  # a long reduction: transposing the activations costs more than oneDNN saves
+            grad_w = grad.t().mm(x)  # (N, K)
+    return grad_x, grad_w
+
+
+class _RoutedLinearFunction(torch.autograd.Function):
+    """A linear layer whose forward product and backward products each run on oneDNN or on torch's kernels."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x, weight, bias, onednn_forward: bool, onednn_backward: bool):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return onednn_gemm(x, weight, bias)
+        ctx.has_bias, ctx.onednn_backward = bias is not None, onednn_backward
+        return onednn_gemm(x, weight, bias) if onednn_forward else F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_gemm(grad, weight.t().contiguous(), None)  # (M, K)
-        if ctx.needs_input_grad[1]:
-            rows, k = x.shape
-            if rows <= WEIGHT_GRAD_ROWS_PER_WIDTH * max(k, grad.shape[1]):
-                grad_w = onednn_gemm(grad.t().contiguous(), x.t().contiguous(), None)  # (N, K)
-            else:  # a long reduction: transposing the activations costs more than oneDNN saves
-                grad_w = grad.t().mm(x)  # (N, K)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x, grad_w = _backward_products(grad, x, weight, ctx.onednn_backward, need_x, need_w)
+        grad_b = grad.sum(0) if ctx.has_bias and need_b else None
+        return grad_x, grad_w, grad_b, None, None
 
 
-def _onednn_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool) -> torch.Tensor:
-    return _OneDNNLinear.apply(x2d, weight, bias) if grad else onednn_gemm(x2d, weight, bias)
+def freeze_weights(model: nn.Module) -> nn.Module:
+    """Declare the weights of ``model``'s linear layers constant (as
+    :func:`glocal.optimize.optimize_for_inference` does): the oneDNN inference routes then run them in oneDNN's
+    blocked layout, packed once (1-10% faster products on AMD Zen 4 in float32 and bfloat16, ``benchmarks/linear.py``)
+    at the cost of a second copy of each weight. An update in place (``copy_``, an optimiser step,
+    ``load_state_dict``) or a new ``.data`` repacks it; a change that bypasses the weight's version counter
+    (``weight.data.copy_(...)``) is not seen. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            _frozen.setdefault(module.weight, None)
+    return model
 
 
-def _calibrate_linear(key: str, x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool):
-    xs = x2d.detach().clone().requires_grad_(grad)
-    w = weight.detach().clone().requires_grad_(grad)
-    b = None if bias is None else bias.detach().clone().requires_grad_(grad)
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight``'s oneDNN-packed copy if :func:`freeze_weights` declared it constant, ``weight`` otherwise."""
+    if weight not in _frozen:
+        return weight
+    stamp = (weight._version, weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    entry = _frozen[weight]
+    if entry is None or entry[0] != stamp:
+        # The batch-size hint only picks among equivalent layouts (same speed at hints 1 to 25088 on AMD Zen 4).
+        entry = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), MIN_ROWS))
+        _frozen[weight] = entry
+    return entry[1]
 
+
+def _calibrate_linear(key: str, x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    """The forward product's route of a ``linear:...:infer`` key (timed as it is: frozen weights packed)."""
+    x2d = x2d.detach().contiguous()
+    weight, bias = weight.detach(), None if bias is None else bias.detach()
+    packed = _packed(weight)
+    return _choose(key, lambda: F.linear(x2d, weight, bias), {"onednn": lambda: onednn_gemm(x2d, packed, bias)})
+
+
+def _calibrate_backward(key: str, x2d: torch.Tensor, weight: torch.Tensor) -> str:
+    """The backward products' route of a ``linear:...:backward`` key (input and weight gradients together)."""
+    x2d, weight = x2d.detach().contiguous(), weight.detach()
+    grad = torch.randn(x2d.shape[0], weight.shape[0], dtype=x2d.dtype)
     return _choose(
         key,
-        _calibration_step(lambda: F.linear(xs, w, b), grad),
-        {"onednn": _calibration_step(lambda: _onednn_linear(xs.contiguous(), w, b, grad), grad)},
+        lambda: _backward_products(grad, x2d, weight, onednn=False),
+        {"onednn": lambda: _backward_products(grad, x2d, weight, onednn=True)},
     )
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for x (..., K), weight (N, K), on oneDNN where that measured faster."""
-    if not (_eligible(x, weight) and x.numel() >= MIN_ROWS * x.shape[-1]):
-        return F.linear(x, weight, bias)
+    """``F.linear(x, weight, bias)`` for x (..., K), weight (N, K), with its forward product (inference: float32 and
+    bfloat16) and its backward products (training: float32) each on oneDNN where that measured faster."""
     grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    x2d = x.reshape(-1, x.shape[-1])  # (M, K)
-    key = f"linear:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}:{'grad' if grad else 'infer'}"
-    route = _routes.get(key) or _calibrate_linear(key, x2d, weight, bias, grad)
-    if route != "onednn":
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    eligible = _eligible(*tensors) or (not grad and _eligible(*tensors, dtype=torch.bfloat16))
+    if not eligible or x.numel() < MIN_ROWS * x.shape[-1]:  # eligibility first: no size read while tracing
         return F.linear(x, weight, bias)
-    return _onednn_linear(x2d.contiguous(), weight, bias, grad).reshape(*x.shape[:-1], weight.shape[0])
+    x2d = x.reshape(-1, x.shape[-1])  # (M, K)
+    shape = f"linear:{_rows_class(x2d.shape[0])}x{weight.shape[1]}x{weight.shape[0]}{_tag(x)}"
+    forward = (_routes.get(f"{shape}:infer") or _calibrate_linear(f"{shape}:infer", x2d, weight, bias)) == "onednn"
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    if not grad and forward:
+        return onednn_gemm(x2d.contiguous(), _packed(weight), bias).reshape(out_shape)
+    if not grad:
+        return F.linear(x, weight, bias)
+    key = f"{shape}:backward"
+    backward = (_routes.get(key) or _calibrate_backward(key, x2d, weight)) == "onednn"
+    if not (forward or backward):
+        return F.linear(x, weight, bias)
+    return _RoutedLinearFunction.apply(x2d.contiguous(), weight, bias, forward, backward).reshape(out_shape)
 
 
 def fusable(*modules: nn.Module) -> bool:
@@ -394,7 +450,7 @@ def linear_gelu(
         xc = x2d.contiguous()
 
         def fused() -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(xc, weight, bias, "gelu", [], approximate)
+            return torch.ops.mkldnn._linear_pointwise(xc, _packed(weight), bias, "gelu", [], approximate)
 
         route = _routes.get(key) or _choose(
             key, lambda: F.gelu(F.linear(x2d, weight, bias), approximate=approximate), {"onednn": fused}
@@ -415,7 +471,7 @@ def linear_add(
         xc, other = x2d.contiguous(), residual.reshape(x2d.shape[0], weight.shape[0]).contiguous()
 
         def fused() -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise.binary(xc, other, weight, bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.binary(xc, other, _packed(weight), bias, "add")
 
         route = _routes.get(key) or _choose(key, lambda: residual + F.linear(x, weight, bias), {"onednn": fused})
         if route == "onednn":
