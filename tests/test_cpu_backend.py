@@ -110,6 +110,18 @@ def test_frozen_weights_are_packed_once_and_repacked_when_updated(onednn_linear,
     assert onednn_linear[-1].endswith((":bf16" if dtype == torch.bfloat16 else "x96") + ":infer")
 
 
+@needs_onednn
+def test_calibrating_a_training_linear_leaves_the_random_state_alone(cpu_backend_on):
+    """A resumed run finds its routes recorded and calibrates nothing; the run it resumes must not have drawn random
+    numbers for its calibrations either, or their dropout and augmentation would differ."""
+    layer = cpu.enable(nn.Linear(32, 48))
+    x = torch.randn(2 * cpu.MIN_ROWS, 32, requires_grad=True)
+    state = torch.get_rng_state()
+    layer(x).sum().backward()
+    assert {k.rsplit(":", 1)[1] for k in cpu.route_state()} == {"infer", "backward"}  # both calibrated here
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_optimize_for_inference_freezes_the_copy_not_the_model():
     model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
     optimized = optimize_for_inference(model, example=torch.randn(1, 3, 32, 32))

@@ -379,7 +379,8 @@ def _calibrate_linear(key: str, x2d: torch.Tensor, weight: torch.Tensor, bias: t
 def _calibrate_backward(key: str, x2d: torch.Tensor, weight: torch.Tensor) -> str:
     """The backward products' route of a ``linear:...:backward`` key (input and weight gradients together)."""
     x2d, weight = x2d.detach().contiguous(), weight.detach()
-    grad = torch.randn(x2d.shape[0], weight.shape[0], dtype=x2d.dtype)
+    # A generator of its own: a calibration must not move the global random state (a resumed run calibrates nothing).
+    grad = torch.randn(x2d.shape[0], weight.shape[0], dtype=x2d.dtype, generator=torch.Generator().manual_seed(0))
     return _choose(
         key,
         lambda: _backward_products(grad, x2d, weight, onednn=False),
