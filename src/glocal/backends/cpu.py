@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -88,8 +89,10 @@ MIN_KEYS = 512
 # step and would keep 64 x 6 x 197 x 197 floats (60 MB) more per block at batch 64).
 EXPLICIT_MAX_KEYS = 256
 EXPLICIT_MAX_KEYS_TRAINING = 64
-# Calibration: each route timed this many times (the routes taking turns) after one warm-up, the best kept. With 3
-# runs, one after the other, choices between routes 5-14% apart flipped from one process to the next on AMD Zen 4.
+# Calibration: each route timed this many times (the routes taking turns) after one warm-up, the median kept. With 3
+# runs, one after the other, choices between routes 5-14% apart flipped from one process to the next on AMD Zen 4;
+# the best run instead of the median hid that MKL's sgemm varies from call to call where oneDNN's does not (ViT-S's
+# fc1 on Zen 4: best 10.2 vs 9.8 ms, medians 13.3 vs 11.0).
 CALIBRATION_RUNS = 5
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -229,18 +232,18 @@ def _save_disk_cache() -> None:
         pass
 
 
-def _best_times(routes: dict) -> dict[str, float]:
-    """The best of ``CALIBRATION_RUNS`` timed calls of each route (name -> callable), after one warm-up call each;
+def _typical_times(routes: dict) -> dict[str, float]:
+    """The median of ``CALIBRATION_RUNS`` timed calls of each route (name -> callable), after one warm-up call each;
     the routes take turns run by run, so that a burst of load from elsewhere hits them alike."""
     for fn in routes.values():
         fn()
-    best = dict.fromkeys(routes, math.inf)
+    times: dict[str, list[float]] = {name: [] for name in routes}
     for _ in range(CALIBRATION_RUNS):
         for name, fn in routes.items():
             start = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(runs) for name, runs in times.items()}
 
 
 def _choose(key: str, default, candidates: dict) -> str:
@@ -249,7 +252,7 @@ def _choose(key: str, default, candidates: dict) -> str:
     route = _routes.get(key)
     if route is None:
         with torch.no_grad() if "grad" not in key else torch.enable_grad():
-            timed = _best_times({"default": default, **candidates})
+            timed = _typical_times({"default": default, **candidates})
         t_default = timed.pop("default")
         best = min(timed, key=timed.get)
         route = best if timed[best] < (1 - MARGIN) * t_default else "default"
