@@ -269,6 +269,36 @@ def test_explicit_attention_equals_the_fused_kernel(onednn_linear, dtype, grad):
             torch.testing.assert_close(got, want, **tol)
 
 
+def test_bfloat16_softmax_computes_in_float32_and_rounds_once():
+    """What the explicit_native_softmax route relies on: torch's CPU softmax of bfloat16 logits is the float32
+    softmax rounded to bfloat16 (accumulated in float32: a bfloat16 sum over 196 keys would be off by percents)."""
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(64, 196, 196)).bfloat16()
+    native = logits.softmax(-1).float()
+    rounded = logits.softmax(-1, dtype=torch.float32).bfloat16().float()
+    ulp = torch.finfo(torch.bfloat16).eps * rounded.abs()  # one bfloat16 step at each value
+    assert ((native - rounded).abs() <= ulp).all()
+    assert (native == rounded).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("keys", [49, 196])
+def test_explicit_native_softmax_route_equals_the_fused_kernel(cpu_backend_on, monkeypatch, keys):
+    chosen = []
+
+    def pick(key, default, candidates):
+        chosen.append(sorted(candidates))
+        return "explicit_native_softmax"
+
+    monkeypatch.setattr(cpu, "_choose", pick)
+    q, k, v = (t.bfloat16() for t in _qkv(keys, keys))
+    with torch.inference_mode():
+        assert not _ran_fused_kernel(lambda: attend(q, k, v, scale=0.3))
+        out = attend(q, k, v, scale=0.3)
+        ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    assert chosen[0] == ["explicit", "explicit_native_softmax"]
+
+
 @pytest.mark.parametrize("case", ["long grad", "bias", "dropout", "off", "autocast", "float64", "broadcast"])
 def test_other_attention_calls_keep_the_fused_kernel(onednn_linear, case):
     if case == "off":

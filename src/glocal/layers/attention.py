@@ -60,13 +60,26 @@ def attend(
     return _explicit(q, k, v, scale, bias, probe, dropout_p)
 
 
-def _explicit(q, k, v, scale: float, bias=None, probe: AttentionProbe | None = None, dropout_p: float = 0.0):
+def _explicit(
+    q,
+    k,
+    v,
+    scale: float,
+    bias=None,
+    probe: AttentionProbe | None = None,
+    dropout_p: float = 0.0,
+    *,
+    native_softmax: bool = False,
+):
     """The explicit path: the (B, heads, Nq, Nk) logits materialised, the softmax through ``probe``. Also the CPU
-    backend's explicit route for short unobserved sequences (:func:`glocal.backends.cpu.fast_attention`)."""
+    backend's explicit route for short unobserved sequences (:func:`glocal.backends.cpu.fast_attention`), which may
+    ask for ``native_softmax``: torch's softmax kernel in the logits' own dtype, which for bfloat16 on CPU computes in
+    float32 and rounds once (the float32 softmax's values to one bfloat16 rounding, ``tests/test_cpu_backend.py``)
+    and skips the float32 copies of the map."""
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
-    return _softmax_probe_matmul(logits, v, probe, dropout_p)
+    return _softmax_probe_matmul(logits, v, probe, dropout_p, native_softmax)
 
 
 def _fused(q, k, v, bias: torch.Tensor | None, scale: float, dropout_p: float) -> torch.Tensor:
@@ -102,10 +115,11 @@ def attend_logits(
 
 
 def _softmax_probe_matmul(
-    logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float
+    logits: torch.Tensor, v: torch.Tensor, probe: AttentionProbe | None, dropout_p: float, native: bool = False
 ) -> torch.Tensor:
     # At least float32 inside the softmax (the cast folded into its kernel: no float32 copy of the logits).
-    attn = _softmax_in_memory_order(logits, torch.promote_types(logits.dtype, torch.float32)).to(v.dtype)
+    dtype = logits.dtype if native else torch.promote_types(logits.dtype, torch.float32)
+    attn = _softmax_in_memory_order(logits, dtype).to(v.dtype)
     if probe is not None:
         attn = probe(attn)
     if dropout_p > 0.0:
