@@ -122,6 +122,22 @@ def test_calibrating_a_training_linear_leaves_the_random_state_alone(cpu_backend
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@needs_onednn
+def test_a_model_made_under_inference_mode_is_optimized_and_runs(onednn_linear):
+    """Weights created under ``torch.inference_mode`` are inference tensors, which keep no version counter: they are
+    not packed (an update would go unseen) and their products still run and equal F.linear."""
+    with torch.inference_mode():
+        model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
+        optimized = cpu.enable(optimize_for_inference(model, example=torch.randn(1, 3, 32, 32)))
+        fc1 = optimized.blocks[0].mlp.fc1
+        x = torch.randn(2 * cpu.MIN_ROWS, fc1.in_features)
+        assert fc1.weight.is_inference() and fc1.weight in cpu._frozen
+        assert _ran_onednn(lambda: fc1(x))
+        torch.testing.assert_close(fc1(x), F.linear(x, fc1.weight, fc1.bias), rtol=1e-5, atol=1e-5)
+        assert cpu._frozen[fc1.weight] is None  # never packed
+        assert optimized(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+
+
 def test_optimize_for_inference_freezes_the_copy_not_the_model():
     model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
     optimized = optimize_for_inference(model, example=torch.randn(1, 3, 32, 32))

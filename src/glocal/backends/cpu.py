@@ -352,7 +352,8 @@ def freeze_weights(model: nn.Module) -> nn.Module:
     blocked layout, packed once (1-10% faster products on AMD Zen 4 in float32 and bfloat16, ``benchmarks/linear.py``)
     at the cost of a second copy of each weight. An update in place (``copy_``, an optimiser step,
     ``load_state_dict``) or a new ``.data`` repacks it; a change that bypasses the weight's version counter
-    (``weight.data.copy_(...)``) is not seen. Returns ``model``."""
+    (``weight.data.copy_(...)``) is not seen. Weights created under ``torch.inference_mode`` have no version counter
+    and stay unpacked (their products run as on an unfrozen model). Returns ``model``."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             _frozen.setdefault(module.weight, None)
@@ -361,7 +362,7 @@ def freeze_weights(model: nn.Module) -> nn.Module:
 
 def _packed(weight: torch.Tensor) -> torch.Tensor:
     """``weight``'s oneDNN-packed copy if :func:`freeze_weights` declared it constant, ``weight`` otherwise."""
-    if weight not in _frozen:
+    if weight not in _frozen or weight.is_inference():  # an inference tensor keeps no version counter to watch
         return weight
     stamp = (weight._version, weight.data_ptr(), weight.dtype, tuple(weight.shape))
     entry = _frozen[weight]
