@@ -138,6 +138,24 @@ def test_a_model_made_under_inference_mode_is_optimized_and_runs(onednn_linear):
         assert optimized(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
 
 
+@needs_onednn
+def test_counting_macs_on_the_backend_calibrates_nothing(cpu_backend_on):
+    """A FLOP count before the routes are calibrated must neither count the calibration's timed calls (they had made
+    Twins-SVT-S count 11.6 GMACs for 2.9) nor measure routes under the counter's overhead and cache them."""
+    from glocal.analysis.complexity import count_macs
+
+    model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=64).eval()
+    cpu.disable()
+    standard = count_macs(model, (3, 64, 64), batch_size=8)
+    cpu.enable(model, malloc=False)
+    assert count_macs(model, (3, 64, 64), batch_size=8) == standard
+    assert not cpu.route_state()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 64))  # outside the counter the routes are measured as usual
+    assert any(k.startswith("linear:") for k in cpu.route_state())
+    assert count_macs(model, (3, 64, 64), batch_size=8) == standard
+
+
 def test_optimize_for_inference_freezes_the_copy_not_the_model():
     model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
     optimized = optimize_for_inference(model, example=torch.randn(1, 3, 32, 32))

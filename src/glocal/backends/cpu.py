@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -249,9 +250,13 @@ def _typical_times(routes: dict) -> dict[str, float]:
 
 def _choose(key: str, default, candidates: dict) -> str:
     """The cached route of ``key``, or the fastest of ``candidates`` (route name -> callable) if it is at least
-    ``MARGIN`` faster than torch's ``default``; ``"default"`` otherwise."""
+    ``MARGIN`` faster than torch's ``default``; ``"default"`` otherwise, and (uncached) inside a dispatch mode."""
     route = _routes.get(key)
     if route is None:
+        if is_in_torch_dispatch_mode():
+            # A FLOP counter (or another dispatch mode) would count every timed call and time its own overhead: take
+            # torch's default here and calibrate at the next call outside it.
+            return "default"
         with torch.no_grad() if "grad" not in key else torch.enable_grad():
             timed = _typical_times({"default": default, **candidates})
         t_default = timed.pop("default")
