@@ -21,13 +21,17 @@ def _cpu_backend_state(tmp_path, monkeypatch):
     """Each test starts with the CPU backend off and its own route cache (the engine and bench switch it on), and
     leaves the process as it found it."""
     monkeypatch.setenv("GLOCAL_CACHE_DIR", str(tmp_path / "glocal-cache"))
-    state = (cpu_backend._enabled, cpu_backend._declined, dict(cpu_backend._routes))
-    cpu_backend._enabled, cpu_backend._declined = False, False
+    state = (cpu_backend._enabled, cpu_backend._declined, dict(cpu_backend._routes), cpu_backend._routes_threads)
+    tables = dict(cpu_backend._tables)
+    cpu_backend._enabled, cpu_backend._declined, cpu_backend._routes_threads = False, False, None
     cpu_backend._routes.clear()
+    cpu_backend._tables.clear()
     yield
-    cpu_backend._enabled, cpu_backend._declined = state[0], state[1]
+    cpu_backend._enabled, cpu_backend._declined, cpu_backend._routes_threads = state[0], state[1], state[3]
     cpu_backend._routes.clear()
     cpu_backend._routes.update(state[2])
+    cpu_backend._tables.clear()
+    cpu_backend._tables.update(tables)
 
 
 @pytest.fixture

@@ -48,3 +48,28 @@ def test_errors_exit_2_with_message(capsys):
     assert "did you mean" in capsys.readouterr().err.lower()
     assert main(["list", "nothing_*"]) == 2
     assert "no registered model" in capsys.readouterr().err
+
+
+def test_routes_measures_lists_and_forgets(capsys):
+    assert main(["routes"]) == 0
+    assert "no route choices cached" in capsys.readouterr().out
+    assert main(["routes", "vit_small_patch16_224", "--img-size", "64", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert {k.split(":")[0] for k in measured} == {"linear", "linear_gelu", "linear_add", "attention"}
+    assert set(measured.values()) <= {"default", "onednn", "explicit", "explicit_native_softmax"}
+    assert main(["routes", "--json"]) == 0
+    cached = json.loads(capsys.readouterr().out)
+    assert measured.items() <= cached.items()
+    assert main(["routes"]) == 0
+    listing = capsys.readouterr().out
+    assert all(key in listing for key in cached) and f"{len(cached)} shape classes" in listing
+    assert main(["routes", "--clear"]) == 0
+    assert f"forgot {len(cached)} cached route choices" in capsys.readouterr().out
+    assert main(["routes", "--json"]) == 0 and json.loads(capsys.readouterr().out) == {}
+
+
+def test_routes_refuses_what_it_cannot_measure(capsys):
+    assert main(["routes", "vit_small_patch16_224", "--mode", "train", "--dtype", "bf16"]) == 2
+    assert "inference mode" in capsys.readouterr().err
+    assert main(["--standard-path", "routes"]) == 2
+    assert "drop --standard-path" in capsys.readouterr().err

@@ -156,6 +156,61 @@ def test_counting_macs_on_the_backend_calibrates_nothing(cpu_backend_on):
     assert count_macs(model, (3, 64, 64), batch_size=8) == standard
 
 
+@needs_onednn
+def test_route_choices_are_kept_per_thread_count(cpu_backend_on):
+    """The engine and ``--threads`` change the thread count after the backend is on: the choices measured at one
+    count are neither taken nor cached at another, and come back with it."""
+    threads = torch.get_num_threads()
+    layer = cpu.enable(nn.Linear(32, 48))
+    x = torch.randn(2 * cpu.MIN_ROWS, 32)
+    with torch.no_grad():
+        layer(x)
+    first, first_file = cpu.route_state(), cpu.route_cache_path()
+    assert first and first_file.exists()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert cpu.route_state() == {}  # nothing measured at this count yet
+        with torch.no_grad():
+            layer(x)
+        assert cpu.route_state().keys() == first.keys()  # measured again, for this count
+        assert cpu.route_cache_path() != first_file and cpu.route_cache_path().exists()
+        assert json.loads(first_file.read_text()) == first
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu.route_state() == first
+
+
+@needs_onednn
+def test_recalibrate_measures_the_step_anew_and_keeps_other_classes(cpu_backend_on):
+    layer = cpu.enable(nn.Linear(32, 48))
+    x = torch.randn(2 * cpu.MIN_ROWS, 32)
+    key, other = f"linear:{cpu._rows_class(x.shape[0])}x32x48:infer", "attention:8x64x64x32x32:infer"
+    cpu._routes.update({key: "stale", other: "explicit"})
+
+    def step() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    measured = cpu.recalibrate(step)
+    assert measured.keys() == {key} and measured[key] in ("default", "onednn")
+    assert cpu.route_state() == {key: measured[key], other: "explicit"}
+    assert cpu.cached_routes() == cpu.route_state()
+    assert cpu.clear_route_cache() == 2
+    assert not cpu.route_state() and not cpu.cached_routes() and not cpu.route_cache_path().exists()
+
+
+@needs_onednn
+def test_saving_routes_keeps_the_classes_another_process_cached(cpu_backend_on):
+    path = cpu.route_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"linear:4096x8x8:infer": "onednn"}))  # written after this process loaded the file
+    layer = cpu.enable(nn.Linear(32, 48))
+    with torch.no_grad():
+        layer(torch.randn(2 * cpu.MIN_ROWS, 32))
+    saved = json.loads(path.read_text())
+    assert saved["linear:4096x8x8:infer"] == "onednn" and saved.keys() > cpu.route_state().keys()
+
+
 def test_optimize_for_inference_freezes_the_copy_not_the_model():
     model = glocal.create_model("vit_small_patch16_224", depth=1, img_size=32)
     optimized = optimize_for_inference(model, example=torch.randn(1, 3, 32, 32))
@@ -360,7 +415,7 @@ def test_routes_are_chosen_by_measurement_and_cached_on_disk(cpu_backend_on, def
     assert cpu._choose(key, timed(default_s, "default"), {"fast": timed(candidate_s, "fast")}) == route
     assert cpu._choose(key, timed(0, "default"), {"fast": timed(0, "fast")}) == route  # cached: not measured again
     assert len(calls) == 2 * (1 + cpu.CALIBRATION_RUNS)
-    assert json.loads(cpu._cache_path().read_text())[key] == route
+    assert json.loads(cpu.route_cache_path().read_text())[key] == route
     cpu._routes.clear()
     cpu._load_disk_cache()  # a new process on this CPU
     assert cpu.route_state() == {key: route}

@@ -29,9 +29,11 @@ caller's memory layout) until :func:`enable` is called. The ``glocal`` command, 
   ``isinstance``, same parameters and state dict), whose forward is :func:`linear`: ``F.linear`` while the backend
   is off.
 
-Route choices are cached per process and on disk per CPU model and torch version (``$GLOCAL_CACHE_DIR``, default
-``~/.cache/glocal``), so calibration runs once per machine; :func:`route_state` / :func:`load_route_state` carry them
-with a training checkpoint so that a resumed run takes the same routes (the routes differ by float32 rounding).
+Route choices are cached per process and on disk per CPU model, thread count and torch version
+(``$GLOCAL_CACHE_DIR``, default ``~/.cache/glocal``), so calibration runs once per machine; :func:`route_state` /
+:func:`load_route_state` carry them with a training checkpoint so that a resumed run takes the same routes (the
+routes differ by float32 rounding). :func:`cached_routes`, :func:`recalibrate` and :func:`clear_route_cache` (the
+``glocal routes`` command) list, re-measure and forget them.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ __all__ = [
     "MARGIN",
     "RoutedLinear",
     "blocked_attention",
+    "cached_routes",
     "capturing_graph",
+    "clear_route_cache",
     "cpu_model",
     "disable",
     "enable",
@@ -74,6 +78,8 @@ __all__ = [
     "load_route_state",
     "onednn_gemm",
     "prepare_input",
+    "recalibrate",
+    "route_cache_path",
     "route_state",
     "use_by_default",
 ]
@@ -100,7 +106,9 @@ CALIBRATION_RUNS = 5
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = False
 _declined = False  # disable() was called: use_by_default() leaves the backend off
-_routes: dict[str, str] = {}  # shape-class key -> route name
+_routes: dict[str, str] = {}  # shape-class key -> route name, for the thread count _routes_threads
+_routes_threads: int | None = None  # None: no table taken yet
+_tables: dict[int, dict[str, str]] = {}  # the tables of the other thread counts met in this process
 _lock = threading.Lock()
 _frozen = WeakIdKeyDictionary()  # weight -> None, or ((version, address, dtype, shape), oneDNN-packed copy)
 
@@ -139,8 +147,8 @@ def enable(model: nn.Module | None = None, *, malloc: bool = True) -> nn.Module 
         op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if _ONEDNN else None
         if op is not None and op not in flop_registry:  # FlopCounterMode counts the oneDNN routes as addmm
             register_flop_formula(op)(_onednn_linear_flop)
-        _load_disk_cache()
         _enabled = True
+    _follow_threads()
     if model is not None:
         for module in model.modules():
             if type(module) is nn.Linear:
@@ -175,6 +183,8 @@ def _eligible(*tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> boo
     """Whether the routes may take these tensors: backend on, eager CPU tensors of ``dtype``, no autocast."""
     if not _enabled or capturing_graph():  # first: reading a symbolic tensor's properties would add guards
         return False
+    if torch.get_num_threads() != _routes_threads:
+        _follow_threads()
     return (
         _ONEDNN
         and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
@@ -205,33 +215,94 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{name} ({', '.join(ids)})" if ids else name
 
 
-def _cache_path() -> Path:
+def route_cache_path() -> Path:
+    """The file this CPU's route choices are cached in: one per CPU model, thread count and torch version, under
+    ``$GLOCAL_CACHE_DIR`` (default ``~/.cache/glocal``)."""
     root = Path(os.environ.get("GLOCAL_CACHE_DIR") or Path.home() / ".cache" / "glocal")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_model()}-{torch.get_num_threads()}t-torch{torch.__version__}")
     return root / f"cpu-routes-{slug.strip('-')}.json"
 
 
-def _load_disk_cache() -> None:
+def _read_disk_cache() -> dict[str, str]:
+    """The cached routes (shape-class key -> route); none for a missing or unreadable file."""
     try:
-        saved = json.loads(_cache_path().read_text())
+        saved = json.loads(route_cache_path().read_text())
     except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in saved.items()} if isinstance(saved, dict) else {}
+
+
+def _load_disk_cache() -> None:
+    saved = _read_disk_cache()
+    with _lock:
+        for key, route in saved.items():
+            _routes.setdefault(key, route)
+
+
+def _follow_threads() -> None:
+    """Take the route table of the current thread count: choices are measured and cached per count (the faster
+    kernel at 2 threads need not be the faster at 16), and the training engine and ``--threads`` change the count
+    after the backend was switched on."""
+    global _routes_threads
+    threads = torch.get_num_threads()
+    if threads == _routes_threads:
         return
-    if isinstance(saved, dict):
-        with _lock:
-            for key, route in saved.items():
-                _routes.setdefault(str(key), str(route))
+    with _lock:
+        if _routes_threads is not None:  # the first table taken is what the process holds so far
+            _tables[_routes_threads] = dict(_routes)
+            _routes.clear()
+            _routes.update(_tables.pop(threads, {}))
+        _routes_threads = threads
+    _load_disk_cache()
 
 
 def _save_disk_cache() -> None:
+    """Write this process's routes over the file's (another process's classes are kept)."""
     from glocal.weights.io import write_bytes_atomic  # here: glocal.weights imports the models, which import this
 
     try:
-        path = _cache_path()
+        merged = _read_disk_cache()
         with _lock:
-            text = json.dumps(dict(sorted(_routes.items())), indent=1)
-        write_bytes_atomic(text.encode(), path)
+            merged.update(_routes)
+        write_bytes_atomic(json.dumps(dict(sorted(merged.items())), indent=1).encode(), route_cache_path())
     except OSError:  # a read-only home only costs a calibration next time
         pass
+
+
+def cached_routes() -> dict[str, str]:
+    """Every route cached on disk for this CPU and thread count (shape-class key -> route)."""
+    return dict(sorted(_read_disk_cache().items()))
+
+
+def clear_route_cache() -> int:
+    """Forget every route choice for this CPU and thread count, in this process and on disk, so that each shape
+    class is measured again at its next use; returns how many were cached on disk."""
+    _follow_threads()
+    count = len(_read_disk_cache())
+    with _lock:
+        _routes.clear()
+    route_cache_path().unlink(missing_ok=True)
+    return count
+
+
+def recalibrate(step) -> dict[str, str]:
+    """Run ``step()`` (a model's forward or training step) as if no route were known, so that every shape class it
+    meets is measured now; the new choices replace the old ones, here and on disk (other classes are kept). Returns
+    the classes measured (key -> route)."""
+    if not _enabled:
+        raise RuntimeError("the CPU backend is off: call glocal.backends.enable() before recalibrating its routes")
+    _follow_threads()
+    with _lock:
+        kept = dict(_routes)
+        _routes.clear()
+    try:
+        step()
+    finally:
+        with _lock:
+            measured = dict(_routes)
+            _routes.update({k: v for k, v in kept.items() if k not in measured})
+    _save_disk_cache()
+    return dict(sorted(measured.items()))
 
 
 def _typical_times(routes: dict) -> dict[str, float]:
@@ -285,7 +356,9 @@ def _calibration_step(fn, grad: bool):
 
 
 def route_state() -> dict[str, str]:
-    """Every route chosen so far in this process (shape-class key -> route), for a training checkpoint."""
+    """Every route chosen so far in this process at the current thread count (shape-class key -> route), for a
+    training checkpoint."""
+    _follow_threads()
     with _lock:
         return dict(_routes)
 
@@ -293,6 +366,7 @@ def route_state() -> dict[str, str]:
 def load_route_state(state: dict[str, str]) -> None:
     """Take the routes of ``state`` (from :func:`route_state`) over any measured here, so that a resumed run
     computes what the interrupted one did."""
+    _follow_threads()
     with _lock:
         _routes.update({str(k): str(v) for k, v in state.items()})
 

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from glocal.backends import cpu as cpu_backend
-from glocal.cli import attention, bench, convert, export, info, predict, summary, train, validate, weights
+from glocal.cli import attention, bench, convert, export, info, predict, routes, summary, train, validate, weights
 from glocal.cli import eval as eval_cmd
 from glocal.cli import list as list_cmd
 from glocal.cli._args import Parser
@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 _COMMANDS = {"list": list_cmd, "info": info, "summary": summary, "convert": convert, "bench": bench}
 _COMMANDS |= {"train": train, "eval": eval_cmd, "predict": predict, "export": export, "attention": attention}
-_COMMANDS |= {"weights": weights, "validate": validate}
+_COMMANDS |= {"weights": weights, "validate": validate, "routes": routes}
 
 
 def build_parser() -> Parser:
