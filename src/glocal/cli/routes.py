@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     measured: dict[str, str] = {}
     for name in names:
         before = cpu_backend.cached_routes()
-        routes = cpu_backend.recalibrate(_step(name, args))
+        with Console(stderr=True).status(f"measuring the routes of {name} ({args.mode}, {args.dtype})"):
+            routes = cpu_backend.recalibrate(_step(name, args))
         measured |= routes
         if not args.json:
             title = f"{name}: {len(routes)} shape classes measured ({args.mode}, {args.dtype}, b{args.batch_size}"
