@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,7 +27,9 @@ import glocal
 from glocal.analysis.bench import matmul_peak_tflops
 from glocal.analysis.complexity import module_macs
 from glocal.backends import cpu as cpu_backend
-from glocal.optimize import optimize_for_inference
+
+sys.path.insert(0, str(Path(__file__).parent))
+from product_share import timed_forward  # noqa: E402 (a sibling script)
 
 CLASSES = (
     "MultiHeadAttention",
@@ -91,20 +95,9 @@ def main() -> int:
     for name in args.models:
         macs = module_macs(glocal.create_model(name, img_size=args.img_size).eval(), (3, args.img_size, args.img_size))
         for dtype in args.dtype:
-            cast = torch.bfloat16 if dtype == "bf16" else torch.float32
-            model = glocal.create_model(name, img_size=args.img_size).eval()
-            model = optimize_for_inference(cpu_backend.enable(model), dtype=cast)
             spent: collections.Counter = collections.Counter()
-            groups = timed_modules(model, tuple(args.classes), spent, args.stages)
-            x = model.prepare_input(torch.randn(args.batch_size, 3, args.img_size, args.img_size).to(cast))
-            with torch.inference_mode():
-                model(x)  # calibration
-                model(x)
-                spent.clear()
-                start = time.perf_counter()
-                for _ in range(args.runs):
-                    model(x)
-                forward = (time.perf_counter() - start) / args.runs
+            wrap = functools.partial(timed_modules, classes=tuple(args.classes), spent=spent, stages=args.stages)
+            groups, forward = timed_forward(name, dtype, args.batch_size, args.img_size, args.runs, spent, wrap)
             peak = matmul_peak_tflops("cpu", dtype) * 1e12
             group_macs: collections.Counter = collections.Counter()
             for module_name, key in groups.items():

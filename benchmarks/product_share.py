@@ -61,6 +61,25 @@ def timed_entry_points(spent: collections.Counter):
     return originals
 
 
+def timed_forward(name: str, dtype: str, batch: int, size: int, runs: int, spent: collections.Counter, wrap=None):
+    """``(wrap(model) or None, seconds per forward)`` of ``model = optimize_for_inference(name)`` on the CPU backend
+    in ``dtype``, over ``runs`` forwards after two untimed ones (the first calibrates the routes); ``spent`` is
+    cleared before the timed ones."""
+    cast = torch.bfloat16 if dtype == "bf16" else torch.float32
+    model = glocal.create_model(name, img_size=size).eval()
+    model = optimize_for_inference(cpu_backend.enable(model), dtype=cast)
+    wrapped = None if wrap is None else wrap(model)
+    x = model.prepare_input(torch.randn(batch, 3, size, size).to(cast))
+    with torch.inference_mode():
+        model(x)  # calibration
+        model(x)
+        spent.clear()
+        start = time.perf_counter()
+        for _ in range(runs):
+            model(x)
+    return wrapped, (time.perf_counter() - start) / runs
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+")
@@ -81,17 +100,7 @@ def main() -> int:
         for name in args.models:
             product_flops, all_flops = standard_flops(name, args.batch_size, args.img_size)
             for dtype in args.dtype:
-                cast = torch.bfloat16 if dtype == "bf16" else torch.float32
-                model = optimize_for_inference(cpu_backend.enable(glocal.create_model(name).eval()), dtype=cast)
-                x = model.prepare_input(torch.randn(args.batch_size, 3, args.img_size, args.img_size).to(cast))
-                with torch.inference_mode():
-                    model(x)  # calibration
-                    model(x)
-                    spent.clear()
-                    start = time.perf_counter()
-                    for _ in range(args.runs):
-                        model(x)
-                    forward = (time.perf_counter() - start) / args.runs
+                _, forward = timed_forward(name, dtype, args.batch_size, args.img_size, args.runs, spent)
                 products = sum(spent.values()) / args.runs
                 peak = matmul_peak_tflops("cpu", dtype) * 1e12
                 print(f"{name:24s} {dtype:5s} {1e3 * forward:10.1f} {1e3 * products:11.1f} "
